@@ -165,6 +165,50 @@ def _cinv(y, alpha, cost):
 # Closed-form pieces.
 
 
+# XLA's CPU backend lowers acos, cos and cbrt to scalar library calls (about 25, 7 and 24 ns
+# per element here, against 0.4 ns for exp); these vectorisable forms are accurate to
+# ~1e-8 and every root they seed is polished by Newton steps to machine precision.
+_ACOS = (1.5707963050, -0.2145988016, 0.0889789874, -0.0501743046,
+         0.0308918810, -0.0170881256, 0.0066700901, -0.0012624911)  # A&S 4.4.46
+
+
+def _terms(x, f64, f32):
+    """Iteration or series counts by precision: float64 needs more than float32."""
+    return f64 if x.dtype == jnp.float64 else f32
+
+
+def _acos(z):
+    """arccos on [-1, 1], absolute error <= 2e-8 (Abramowitz & Stegun 4.4.46)."""
+    x = jnp.abs(z)
+    poly = jnp.zeros_like(x)
+    for coef in reversed(_ACOS):
+        poly = poly * x + coef
+    r = jnp.sqrt(jnp.maximum(1 - x, 0)) * poly
+    return jnp.where(z < 0, jnp.pi - r, r)
+
+
+def _cos_sin(y):
+    """(cos y, sin y) for y in [0, pi/3] by Taylor series (error < 1e-10 in float64,
+    < 5e-7 in float32, where fewer terms are summed)."""
+    y2 = y * y
+    c = jnp.ones_like(y)
+    s = jnp.ones_like(y)
+    for k in range(_terms(y, 6, 4), 0, -1):  # float64: cos to y^12, sin to y^13
+        c = 1 - y2 / ((2 * k - 1) * (2 * k)) * c
+        s = 1 - y2 / ((2 * k) * (2 * k + 1)) * s
+    return c, y * s
+
+
+def _cbrt(y):
+    """Real cube root, via exp/log and one Newton step."""
+    a = jnp.abs(y)
+    pos = a > 0
+    safe = jnp.where(pos, a, 1)
+    r = jnp.exp(jnp.log(safe) / 3)
+    r = r - (r * r * r - safe) / (3 * r * r)
+    return jnp.where(pos, jnp.sign(y) * r, 0)
+
+
 def _cubic_extreme_roots(b, c, d):
     """Smallest and largest real roots of the monic cubic ``u^3 + b u^2 + c u + d``.
 
@@ -178,15 +222,15 @@ def _cubic_extreme_roots(b, c, d):
     m3 = m * m * m
     three = (p < 0) & (jnp.abs(q) / 2 < m3)
     safe_m3 = jnp.where(three, m3, 1)
-    phi = jnp.arccos(jnp.clip(-q / (2 * safe_m3), -1, 1)) / 3
-    hi3 = 2 * m * jnp.cos(phi)
-    lo3 = 2 * m * jnp.cos(phi + 2 * jnp.pi / 3)
+    cos3, sin3 = _cos_sin(_acos(jnp.clip(-q / (2 * safe_m3), -1, 1)) / 3)
+    hi3 = 2 * m * cos3
+    lo3 = -m * (cos3 + jnp.sqrt(3.0).astype(m.dtype) * sin3)  # 2m cos(phi/3 + 2 pi/3)
     disc = jnp.maximum(q * q / 4 + p * p * p / 27, 0)
-    big = -jnp.sign(q) * jnp.cbrt(jnp.abs(q) / 2 + jnp.sqrt(disc))
+    big = -_cbrt(jnp.abs(q) / 2 + jnp.sqrt(disc)) * jnp.sign(q)
     one = big + jnp.where(big != 0, -p / (3 * jnp.where(big != 0, big, 1)), 0)
     roots = []
     for v in (jnp.where(three, lo3, one), jnp.where(three, hi3, one)):
-        for _ in range(2):
+        for _ in range(_terms(v, 2, 1)):
             f = (v * v + p) * v + q
             df = 3 * v * v + p
             step = f / jnp.where(df != 0, df, 1)
@@ -291,8 +335,8 @@ def _weighted_circle_candidates(t_T, t_E, w_T, w_E, B, alpha, cost, iters):
     cands.append((gm / delta, gM / (D + delta)))
     # 2. Interior roots: eta = -(w_m + mu) in (0, D), on either side of the minimiser of
     # |v|^2, eta* = D A_m / (A_m + A_M).
-    Am = jnp.cbrt(gm * gm)
-    AM = jnp.cbrt(gM * gM)
+    Am = _cbrt(gm * gm)
+    AM = _cbrt(gM * gM)
     has_two = (D > 0) & ((Am + AM) * jnp.sqrt(Am + AM) < D * R)
     Ds = jnp.where(D > 0, D, 1)
     eta_star = Ds * Am / jnp.where(Am + AM > 0, Am + AM, 1)
@@ -433,15 +477,19 @@ def _project_core_jvp(cost, weighted, primals, tangents):
 
 
 def _prepare(target_T, target_E, pool, alpha, weights):
-    """Broadcast and cast the inputs; sanitise targets (non-finite -> 0, clip at 0)."""
+    """Cast the inputs to one float dtype; broadcast the targets; sanitise them
+    (non-finite -> 0, clip at 0). ``pool``, ``alpha`` and the weights keep their own
+    (broadcastable) shapes, so scalar hyperparameters are not expanded to ``[N]``."""
     dtype = _float_dtype(target_T, target_E)
     w_T, w_E = (1.0, 1.0) if weights is None else weights
-    arrays = jnp.broadcast_arrays(
-        *(jnp.asarray(v).astype(dtype) for v in (target_T, target_E, pool, alpha, w_T, w_E))
+    t_T, t_E = jnp.broadcast_arrays(jnp.asarray(target_T, dtype), jnp.asarray(target_E, dtype))
+    shape = jnp.broadcast_shapes(
+        t_T.shape, *(jnp.shape(v) for v in (pool, alpha, w_T, w_E))
     )
-    t_T, t_E, B, a, wt, we = arrays
+    t_T, t_E = jnp.broadcast_to(t_T, shape), jnp.broadcast_to(t_E, shape)
     t_T = jnp.maximum(jnp.where(jnp.isfinite(t_T), t_T, 0), 0)
     t_E = jnp.maximum(jnp.where(jnp.isfinite(t_E), t_E, 0), 0)
+    B, a, wt, we = (jnp.asarray(v).astype(dtype) for v in (pool, alpha, w_T, w_E))
     return t_T, t_E, B, a, wt, we
 
 
