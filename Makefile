@@ -21,7 +21,8 @@ $(STAMP_DEV): pyproject.toml | $(BIN)/python
 	touch $@ $(STAMP_RUN)
 
 run: $(STAMP_RUN)
-	$(BIN)/narset simulate --scenario steady --regions 4096 --steps 150 --seed 0 --out $(OUT) --json $(OUT)/cli.json
+	$(BIN)/python -m narset_jax.plots.budget --out $(OUT)/feasible_set.png
+	@echo "outputs in $(OUT)/" 
 
 test: $(STAMP_DEV)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
@@ -33,7 +34,7 @@ lint: $(STAMP_DEV)
 	$(BIN)/ruff check narset_jax sims tests benchmarks examples
 
 figures: $(STAMP_RUN)
-	$(BIN)/python -m narset_jax.plotting budget --out docs/figures/feasible_set.png
+	$(BIN)/python -m narset_jax.plots.budget --out docs/figures/feasible_set.png
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
