@@ -11,11 +11,24 @@ from narset_jax.budget import (
     project_global_pool,
 )
 
+from narset_jax.params import NarsetParams, stack_params
+from narset_jax.step import Decision, Narset, NarsetState, init_state, narset_rollout, narset_step
+from narset_jax.telemetry import Telemetry
+
 __version__ = "0.1.0"
 
 __all__ = [
     "COSTS",
     "Allocation",
+    "Decision",
+    "Narset",
+    "NarsetParams",
+    "NarsetState",
+    "Telemetry",
+    "init_state",
+    "narset_rollout",
+    "narset_step",
+    "stack_params",
     "GlobalAllocation",
     "overdrive_cost",
     "project_budget",
