@@ -10,7 +10,6 @@ from narset_jax.budget import (
     project_fixed_sum,
     project_global_pool,
 )
-
 from narset_jax.params import NarsetParams, stack_params
 from narset_jax.step import Decision, Narset, NarsetState, init_state, narset_rollout, narset_step
 from narset_jax.telemetry import Telemetry

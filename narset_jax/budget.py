@@ -393,7 +393,8 @@ def _boundary_candidates(t_T, t_E, w_T, w_E, B, alpha, cost, weighted):
     cands.append((x_lin, B - x_lin, B <= 2))
     # One in overdrive, the other linear (both ways round).
     cands += _over_lin_candidates(t_T, t_E, w_T, w_E, B, alpha, cost)
-    cands += [(xT, xE, ok) for xE, xT, ok in _over_lin_candidates(t_E, t_T, w_E, w_T, B, alpha, cost)]
+    swapped = _over_lin_candidates(t_E, t_T, w_E, w_T, B, alpha, cost)
+    cands += [(xT, xE, ok) for xE, xT, ok in swapped]
     # Both in overdrive.
     if weighted:
         iters = 40 if t_T.dtype == jnp.float64 else 30
