@@ -35,6 +35,20 @@ lint: $(STAMP_DEV)
 
 figures: $(STAMP_RUN)
 	$(BIN)/python -m narset_jax.plots.budget --out docs/figures/feasible_set.png
+	# Phase diagrams (docs/phase.md): grids and summaries in $(OUT)/phase, images in docs/figures.
+	$(BIN)/narset phase --x beta:0.02:1:16 --y gap:0:0.5:16 \
+	  --scenario crisis --regions 256 --steps 150 --seeds 3 \
+	  --compare k_enter=1,k_exit=1 --compare k_enter=2,k_exit=2 --compare k_enter=1,k_exit=3 \
+	  --out $(OUT)/phase --figures docs/figures --name phase_beta_gap \
+	  --json $(OUT)/phase/phase_beta_gap.summary.json
+	$(BIN)/narset phase --x alpha:0.25:8:16 --y noise:0:0.5:16 \
+	  --scenario crisis --regions 256 --steps 150 --seeds 3 \
+	  --set k_enter=1 --set k_exit=1 --set beta=0.5 \
+	  --compare beta=0.3 --compare beta=0.7 \
+	  --compare theta_enter=0.45,theta_exit=0.1 --compare theta_enter=0.35,theta_exit=0.2 \
+	  --compare k_enter=3,k_exit=5,beta=0.3 \
+	  --out $(OUT)/phase --figures docs/figures --name phase_alpha_noise \
+	  --json $(OUT)/phase/phase_alpha_noise.summary.json
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
