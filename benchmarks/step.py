@@ -1,0 +1,541 @@
+"""Closed-loop throughput (controller plus simulator): JAX vs NumPy vs a per-region Python
+loop, and where the time goes.
+
+Every number in the JSON comes from this one run on this one machine; speed claims are
+ratios against baselines measured in the same run. On a shared machine, wall-clock rates
+swing with other jobs, so each row also has the process's CPU time (``process_time``, all
+threads), and region-windows per CPU-second is the figure to compare across runs.
+
+    python benchmarks/step.py --out benchmarks/results/step.json
+
+Rows:
+
+* ``jax``: ``jax.jit`` of ``sims.rollout_chunk`` (one ``lax.scan`` of ``--steps`` windows,
+  controller plus ecology plus metric accumulators), float32, per-region budget, ``steady``
+  scenario. Median of ``--repeats`` timed calls after a warm-up; compile time is tracing,
+  lowering and compiling the chunk.
+* ``numpy``: ``benchmarks/numpy_reference.py`` (the same windows, eager NumPy), same N.
+* ``python_loop``: the NumPy reference called once per region on ``[1]`` slices (a
+  per-region Python loop) on ``--loop-n`` regions; its rate is **extrapolated** to the
+  other sizes (it is linear in N by construction) and marked ``extrapolated``.
+* ``profile``: at ``--profile-n``, (a) each stage jitted alone; (b) the compiled chunk under
+  ``jax.profiler``, per-thunk self time grouped by pipeline stage (stages are tagged with
+  ``jax.named_scope`` by wrapping the stage functions in this process only); (c) the
+  structure of the compiled loop (kernels and copies per window).
+* ``prng``: the simulator's counter-based hash against ``jax.random`` (threefry, rbg,
+  unsafe_rbg) drawing as many numbers per region and window (4 normals, 10 uniforms).
+* ``variants``: the chunk in child processes with XLA flags or budget blocking changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import functools
+import glob
+import gzip
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import _common  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import sims  # noqa: E402
+from narset_jax.params import NarsetParams  # noqa: E402
+
+SCENARIO = "steady"
+
+
+def _clock():
+    return time.perf_counter(), time.process_time()
+
+
+def _timed(fn, repeats, warmup=1):
+    """Median wall and CPU seconds of ``fn()`` over ``repeats`` calls after ``warmup``."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    walls, cpus = [], []
+    for _ in range(repeats):
+        w0, c0 = _clock()
+        jax.block_until_ready(fn())
+        w1, c1 = _clock()
+        walls.append(w1 - w0)
+        cpus.append(c1 - c0)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def _setup(n, dtype=jnp.float32, params=None):
+    params = NarsetParams() if params is None else params
+    sc = sims.load_scenario(SCENARIO).without_metadata()
+    init = jax.jit(
+        lambda k: sims.rollout_init(params, sc, k, n, dtype=dtype)
+    )
+    return params, sc, jax.block_until_ready(init(jax.random.key(0)))
+
+
+def _chunk_fn(params, sc, steps):
+    return jax.jit(lambda c: sims.rollout_chunk(params, sc, c, steps)[0])
+
+
+def _row(n, steps, wall, cpu, **extra):
+    rw = n * steps
+    return {
+        "n": n,
+        "steps": steps,
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "per_second": rw / wall,
+        "per_cpu_second": rw / cpu if cpu > 0 else None,
+        "ns_per_region_window": wall / rw * 1e9,
+        **extra,
+    }
+
+
+def bench_jax(sizes, steps, repeats, dtype=jnp.float32):
+    rows = []
+    for n in sizes:
+        params, sc, carry = _setup(n, dtype)
+        f = _chunk_fn(params, sc, steps)
+        w0, c0 = _clock()
+        compiled = f.lower(carry).compile()
+        w1, c1 = _clock()
+        wall, cpu = _timed(lambda compiled=compiled, carry=carry: compiled(carry), repeats)
+        rows.append(_row(n, steps, wall, cpu, compile_s=w1 - w0, compile_cpu_s=c1 - c0,
+                         load=os.getloadavg()[0]))
+        print(f"jax     N={n:>9,d}  {n * steps / wall / 1e6:8.2f} M rw/s  "
+              f"({n * steps / cpu / 1e6:6.2f} M per CPU-s)  compile {w1 - w0:5.2f} s",
+              flush=True)
+    return rows
+
+
+def bench_numpy(sizes, steps, repeats):
+    import numpy_reference as ref
+
+    rows = []
+    for n in sizes:
+        params, sc, carry = _setup(n, jnp.float32)
+        scenario = sims.load_scenario(SCENARIO)
+        start = ref.from_jax(carry)
+        k = max(1, min(steps, 5))  # a few windows are enough: the cost is per window
+
+        def run(start=start, k=k):
+            c = start
+            for _ in range(k):
+                c = ref.window(params, scenario, c)
+            return c.sim.health
+
+        wall, cpu = _timed(run, max(1, repeats // 2), warmup=0)
+        rows.append(_row(n, k, wall, cpu))
+        print(f"numpy   N={n:>9,d}  {n * k / wall / 1e6:8.2f} M rw/s", flush=True)
+    return rows
+
+
+def bench_python_loop(n, windows, extrapolate_to):
+    import numpy_reference as ref
+
+    params, sc, carry = _setup(n, jnp.float32)
+    scenario = sims.load_scenario(SCENARIO)
+    regions = [ref.take(ref.from_jax(carry), slice(i, i + 1)) for i in range(n)]
+    w0, c0 = _clock()
+    for _ in range(windows):
+        regions = [ref.window(params, scenario, c) for c in regions]
+    w1, c1 = _clock()
+    per_rw = (w1 - w0) / (n * windows)
+    row = _row(n, windows, w1 - w0, c1 - c0, measured=True)
+    print(f"python  N={n:>9,d}  {1 / per_rw:10.0f} rw/s (measured)", flush=True)
+    extrapolated = [
+        {"n": m, "per_second": 1 / per_rw, "seconds_per_window": m * per_rw,
+         "extrapolated": True, "from_n": n}
+        for m in extrapolate_to
+    ]
+    return {"measured": row, "extrapolated": extrapolated}
+
+
+# ---------------------------------------------------------------------------------------
+# Profile.
+
+# Stage functions, by the module namespace that calls them: each is wrapped in a
+# jax.named_scope (in this process only) so that the compiled HLO says which stage an op
+# came from.
+_STAGES = {
+    "narset_jax.step": ("sanitise", "smooth", "scores", "update_mode", "targets", "inertia",
+                        "_project", "authority", "overdrive_cost"),
+    "sims.ecology": ("step_base", "stream", "normal", "uniform_pair"),
+    "sims.rollout": ("sim_transition", "controller_step"),
+}
+_LABEL = {
+    "step_base": "prng", "stream": "prng", "normal": "prng", "uniform_pair": "prng",
+    "_project": "projection", "overdrive_cost": "decision record",
+    "sim_transition": "simulator (excluding prng)", "controller_step": "controller (other)",
+}
+
+
+@contextlib.contextmanager
+def _scoped_stages():
+    import importlib
+
+    saved = []
+    for modname, names in _STAGES.items():
+        mod = importlib.import_module(modname)
+        for name in names:
+            fn = getattr(mod, name)
+            label = "stage_" + _LABEL.get(name, name).replace(" ", "_").replace("(", "")
+            label = label.replace(")", "")
+
+            def wrapped(*a, __fn=fn, __label=label, **k):
+                with jax.named_scope(__label):
+                    return __fn(*a, **k)
+
+            functools.update_wrapper(wrapped, fn)
+            saved.append((mod, name, fn))
+            setattr(mod, name, wrapped)
+    try:
+        yield
+    finally:
+        for mod, name, fn in saved:
+            setattr(mod, name, fn)
+
+
+_COMP = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\{\s*$")
+_INST = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=")
+
+
+def _stage_of_instructions(hlo: str) -> dict[str, str]:
+    """Instruction name -> innermost ``stage_*`` scope among its (fused) ops."""
+    comps, cur = {}, None
+    for line in hlo.splitlines():
+        m = _COMP.match(line.strip()) if not line.startswith(" ") else None
+        if m:
+            cur = m.group(1)
+            comps[cur] = []
+        elif cur is not None:
+            comps[cur].append(line)
+
+    def stages(lines, depth=0):
+        c = collections.Counter()
+        for line in lines:
+            for op in re.findall(r'op_name="([^"]+)"', line):
+                found = re.findall(r"stage_([a-z_]+)", op)
+                c[found[-1] if found else "rollout (accumulators, carry)"] += 1
+            if depth < 3:
+                for callee in re.findall(r"calls=%?([\w.\-]+)", line):
+                    c.update(stages(comps.get(callee, []), depth + 1))
+        return c
+
+    out = {}
+    for lines in comps.values():
+        for line in lines:
+            m = _INST.match(line)
+            if not m:
+                continue
+            name = m.group(1)
+            if name.startswith("copy"):
+                out[name] = "copies of loop-carried buffers"
+            elif "dynamic-update-slice" in name or "dynamic-slice" in name:
+                out[name] = "projection (block slicing)"
+            else:
+                c = stages([line])
+                out[name] = c.most_common(1)[0][0].replace("_", " ") if c else "other"
+    return out
+
+
+def _self_times(trace_dir):
+    files = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+    with gzip.open(files[0]) as fh:
+        data = json.load(fh)
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    events = [e for e in events if e.get("ph") == "X"]
+    by_thread = collections.defaultdict(list)
+    for e in events:
+        by_thread[(e.get("pid"), e.get("tid"))].append(e)
+    self_t, count = collections.Counter(), collections.Counter()
+    for es in by_thread.values():
+        es.sort(key=lambda e: (e["ts"], -e.get("dur", 0)))
+        stack = []
+        for e in es:
+            while stack and stack[-1]["ts"] + stack[-1].get("dur", 0) <= e["ts"]:
+                stack.pop()
+            if stack:
+                stack[-1]["_child"] = stack[-1].get("_child", 0) + e.get("dur", 0)
+            stack.append(e)
+        for e in es:
+            self_t[e["name"]] += e.get("dur", 0) - e.get("_child", 0)
+            count[e["name"]] += 1
+    return self_t, count
+
+
+def profile_trace(n, steps, calls=3):
+    """Per-thunk self time of the compiled chunk, grouped by stage."""
+    with _scoped_stages():
+        params, sc, carry = _setup(n)
+        compiled = _chunk_fn(params, sc, steps).lower(carry).compile()
+    hlo = compiled.as_text()
+    stage = _stage_of_instructions(hlo)
+    jax.block_until_ready(compiled(carry))
+    tmp = tempfile.mkdtemp(prefix="narset-trace-")
+    try:
+        with jax.profiler.trace(tmp, create_perfetto_trace=True):
+            for _ in range(calls):
+                jax.block_until_ready(compiled(carry))
+        self_t, count = _self_times(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    kernels = {k: v for k, v in self_t.items() if k in stage}
+    total = sum(kernels.values())
+    groups = collections.Counter()
+    for k, v in kernels.items():
+        groups[stage[k]] += v
+    windows = calls * steps
+    body = _loop_structure(hlo)
+    out = {
+        "n": n,
+        "steps": steps,
+        "calls": calls,
+        "kernel_time_ms_per_window": total / 1e3 / windows,
+        "share_by_stage": {k: v / total for k, v in groups.most_common()},
+        "kernel_executions_per_window": sum(count[k] for k in kernels) / windows,
+        "top_kernels": [
+            {"name": k, "stage": stage[k], "ms_per_window": v / 1e3 / windows,
+             "runs_per_window": count[k] / windows}
+            for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:12]
+        ],
+        **body,
+    }
+    print(f"profile N={n:,d}: {out['kernel_time_ms_per_window']:.2f} ms of kernels per window,"
+          f" {out['kernel_executions_per_window']:.0f} kernel runs per window", flush=True)
+    for k, v in out["share_by_stage"].items():
+        print(f"   {100 * v:5.1f}%  {k}", flush=True)
+    return out
+
+
+def _loop_structure(hlo):
+    """Kernels and copies in the scan body, and the carry size."""
+    from narset_jax.sharding import _computations
+
+    comps = _computations(hlo)
+    bodies = []
+    for lines in comps.values():
+        for line in lines:
+            if re.search(r"\bwhile\(", line):
+                m = re.search(r"body=%?([\w.\-]+)", line)
+                if m:
+                    bodies.append(m.group(1))
+    outer = max(bodies, key=lambda b: len(comps.get(b, [])))
+    lines = comps[outer]
+    n_fusion = sum(1 for x in lines if " fusion(" in x)
+    copies = [x for x in lines if re.match(r"\s*%copy[.\d]* = ", x)]
+    big = [x for x in copies if re.search(r"\[\d{3,}\]", x)]
+    params = [x for x in lines if " parameter(0)" in x]
+    carry = len(re.findall(r"\[\d+\]", params[0])) if params else None
+    return {"loop_body_fusions": n_fusion, "loop_body_copies_of_region_arrays": len(big),
+            "loop_carry_region_arrays": carry}
+
+
+def profile_stages(n, repeats):
+    """Each stage jitted alone, ns per region (float32)."""
+    from narset_jax.budget import project_budget
+    from narset_jax.step import narset_step
+
+    params, sc, carry = _setup(n)
+    ctl_state, d = jax.jit(lambda s, t: narset_step(params, s, t))(carry.ctl, carry.telemetry)
+    a, b = d.target_T, d.target_E
+    parts = {
+        "controller step (state and decision record)":
+            (jax.jit(lambda s, t: narset_step(params, s, t)), (carry.ctl, carry.telemetry)),
+        "budget projection alone (blocked)":
+            (jax.jit(lambda a, b: project_budget(a, b)), (a, b)),
+        "budget projection alone (unblocked)":
+            (jax.jit(lambda a, b: project_budget(a, b, block_size=None)), (a, b)),
+        "simulator transition":
+            (jax.jit(lambda s, d, t: sims.sim_transition(sc, s, d, t)), (carry.sim, d, carry.t)),
+        "simulator prng (9 hashes, 4 normals, 10 uniforms)": (jax.jit(_hash_draws), (carry.sim,)),
+        "closed-loop window (one, unrolled)":
+            (jax.jit(lambda c: sims.rollout_chunk(params, sc, c, 1)[0]), (carry,)),
+        "memory floor (copy the carry)":
+            (jax.jit(lambda c: jax.tree.map(lambda x: x + jnp.ones((), x.dtype)
+                                            if x.dtype != bool else ~x, c)), (carry,)),
+    }
+    out = {}
+    for name, (f, args) in parts.items():
+        jax.block_until_ready(f(*args))
+        wall, cpu = _timed(lambda f=f, args=args: f(*args), repeats)
+        out[name] = {"ns_per_region": wall / n * 1e9, "cpu_ns_per_region": cpu / n * 1e9}
+        print(f"stage   {name:52s} {wall / n * 1e9:7.1f} ns/region ({cpu / n * 1e9:6.1f} CPU)",
+              flush=True)
+    return out
+
+
+def _hash_draws(sim, t=jnp.int32(7)):
+    from sims._rng import normal, step_base, stream, uniform_pair
+
+    base = step_base(sim.k0, sim.k1, t)
+    acc = jnp.zeros(sim.k0.shape, jnp.float32)
+    for s in range(4):
+        acc = acc + normal(stream(base, s), jnp.float32)
+    for s in range(4, 9):
+        u, v = uniform_pair(stream(base, s), jnp.float32)
+        acc = acc + u + v
+    return acc
+
+
+def bench_prng(n, steps, repeats):
+    """Draws per region and window as the simulator needs them, T windows in a scan."""
+    params, sc, carry = _setup(n)
+    out = {}
+
+    def hash_scan(sim):
+        def body(acc, t):
+            return acc + _hash_draws(sim, t), None
+        return jax.lax.scan(body, jnp.zeros(n, jnp.float32), jnp.arange(steps))[0]
+
+    def random_scan(key):
+        def body(acc, t):
+            k = jax.random.fold_in(key, t)
+            k1, k2 = jax.random.split(k)
+            z = jax.random.normal(k1, (4, n), jnp.float32).sum(0)
+            u = jax.random.uniform(k2, (10, n), jnp.float32).sum(0)
+            return acc + z + u, None
+        return jax.lax.scan(body, jnp.zeros(n, jnp.float32), jnp.arange(steps))[0]
+
+    cases = {"counter hash (sims._rng)": (jax.jit(hash_scan), carry.sim)}
+    for impl in ("threefry2x32", "rbg", "unsafe_rbg"):
+        cases[f"jax.random {impl}"] = (jax.jit(random_scan), jax.random.key(0, impl=impl))
+    for name, (f, arg) in cases.items():
+        jax.block_until_ready(f(arg))
+        wall, cpu = _timed(lambda f=f, arg=arg: f(arg), repeats)
+        out[name] = {"ns_per_region_window": wall / (n * steps) * 1e9,
+                     "cpu_ns_per_region_window": cpu / (n * steps) * 1e9}
+        print(f"prng    {name:28s} {wall / (n * steps) * 1e9:7.2f} ns/region-window", flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Variants in child processes (XLA flags are read once per process).
+
+VARIANTS = {
+    "default": ({}, None),
+    "copy insertion with region analysis":
+        ({"XLA_FLAGS": "--xla_cpu_copy_insertion_use_region_analysis=true"}, None),
+    "projection unblocked (budget._BLOCK = inf)": ({}, "unblocked"),
+    "one core (taskset -c 0)": ({"NARSET_BENCH_THREADS": "1"}, None),
+}
+
+
+def child(n, steps, repeats, patch):
+    if patch == "unblocked":
+        import narset_jax.budget as budget
+
+        budget._BLOCK = 1 << 40
+    (row,) = bench_jax([n], steps, repeats)
+    print("CHILD " + json.dumps(row), flush=True)
+
+
+def bench_variants(sizes, steps, repeats):
+    out = {}
+    for name, (env_extra, patch) in VARIANTS.items():
+        rows = []
+        for n in sizes:
+            env = dict(os.environ)
+            for k, v in env_extra.items():
+                env[k] = (env.get(k, "") + " " + v).strip() if k == "XLA_FLAGS" else v
+            cmd = [sys.executable, __file__, "--child", str(n), "--steps", str(steps),
+                   "--repeats", str(repeats)]
+            if patch:
+                cmd += ["--patch", patch]
+            if env.get("NARSET_BENCH_THREADS") == "1":
+                cmd = ["taskset", "-c", "0", *cmd] if shutil.which("taskset") else cmd
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+            line = [x for x in res.stdout.splitlines() if x.startswith("CHILD ")]
+            if res.returncode or not line:
+                rows.append({"n": n, "error": res.stderr[-500:]})
+                continue
+            rows.append(json.loads(line[-1][6:]))
+            r = rows[-1]
+            print(f"variant {name:44s} N={n:>9,d} {r['per_second'] / 1e6:7.2f} M rw/s "
+                  f"({r['per_cpu_second'] / 1e6:6.2f} M per CPU-s)", flush=True)
+        out[name] = rows
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="benchmarks/results/step.json")
+    p.add_argument("--sizes", default="1e3,1e4,1e5,1e6")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--numpy-max", type=float, default=1e5)
+    p.add_argument("--loop-n", type=int, default=20)
+    p.add_argument("--profile-n", type=float, default=1e5)
+    p.add_argument("--variant-sizes", default="1e5,1e6")
+    p.add_argument("--skip", default="", help="comma list of sections to skip")
+    p.add_argument("--child", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--patch", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child is not None:
+        return child(int(args.child), args.steps, args.repeats, args.patch)
+
+    sizes = [int(float(x)) for x in args.sizes.split(",")]
+    skip = set(filter(None, args.skip.split(",")))
+    result = {"machine": _common.machine(), "scenario": SCENARIO, "dtype": "float32",
+              "budget": "region", "load_average_start": os.getloadavg()}
+    result["jax"] = bench_jax(sizes, args.steps, args.repeats)
+    np_sizes = [n for n in sizes if n <= args.numpy_max]
+    if "numpy" not in skip:
+        result["numpy"] = bench_numpy(np_sizes, args.steps, args.repeats)
+    if "loop" not in skip:
+        result["python_loop"] = bench_python_loop(args.loop_n, 2, sizes)
+    if "profile" not in skip:
+        pn = int(args.profile_n)
+        result["profile"] = {
+            "trace": profile_trace(pn, min(args.steps, 10)),
+            "stages_alone": profile_stages(pn, args.repeats),
+        }
+    if "prng" not in skip:
+        result["prng"] = bench_prng(int(args.profile_n), min(args.steps, 10), args.repeats)
+    if "variants" not in skip:
+        vs = [int(float(x)) for x in args.variant_sizes.split(",")]
+        result["variants"] = bench_variants(vs, args.steps, args.repeats)
+
+    jax_at = {r["n"]: r for r in result["jax"]}
+    ratios = {}
+    for r in result.get("numpy", []):
+        if r["n"] in jax_at:
+            j = jax_at[r["n"]]
+            ratios[f"jax_over_numpy_at_{r['n']}"] = j["per_second"] / r["per_second"]
+            ratios[f"jax_over_numpy_cpu_at_{r['n']}"] = j["per_cpu_second"] / r["per_cpu_second"]
+    if "python_loop" in result:
+        loop = result["python_loop"]["measured"]
+        for n, j in jax_at.items():
+            ratios[f"jax_over_python_loop_at_{n}"] = j["per_second"] / loop["per_second"]
+    lo, hi = jax_at.get(10**4), jax_at.get(10**6)
+    if lo and hi:
+        ratios["time_ratio_1e6_over_1e4_per_size_ratio"] = (hi["seconds"] / lo["seconds"]) / 100
+        ratios["cpu_time_ratio_1e6_over_1e4_per_size_ratio"] = (
+            hi["cpu_seconds"] / lo["cpu_seconds"]) / 100
+    result["ratios"] = ratios
+    result["load_average_end"] = os.getloadavg()
+    print("ratios:", json.dumps(ratios, indent=1))
+
+    from narset_jax.atomic import write_json
+
+    write_json(args.out, result)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

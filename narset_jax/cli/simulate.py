@@ -1,0 +1,310 @@
+"""``narset simulate``: run a controller on a simulated ecology and write its decision log.
+
+    narset simulate --scenario NAME --regions N --steps T --seed S --out DIR
+                    [--params FILE] [--controller C] [--budget B] [--json PATH]
+
+Writes to ``DIR``: the decision log (``decisions/part-*.parquet``, one row per region and
+window, and ``manifest.json``, written last; see ``narset_jax.decision_log``),
+``summary.json`` (the run's metrics and objective, ``docs/simulator.md``), and figures in
+``DIR/plots``. ``narset replay DIR`` re-runs the logged decisions bit for bit.
+
+The controller runs as its own jitted step, window by window, exactly as replay runs it;
+the ecology runs as a second jitted step. (Fused into one program, XLA may contract
+multiply-adds differently and change the last bit of a decision.) Log parts are written
+every ``--chunk`` windows, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import sys
+import time
+from pathlib import Path
+
+HELP = "simulate an ecology of regions under a controller and write the decision log"
+_ROWS_PER_PART = 1_000_000
+_MAX_CHUNK = 64
+# The same names as ``sims.CONTROLLERS`` and ``sims.SCENARIOS`` (checked by the tests),
+# written out so that ``narset --help`` does not import JAX.
+CONTROLLERS = ("narset", "static_split", "single_threshold", "no_inertia", "always_overdrive")
+SCENARIOS = ("steady", "crisis", "heterogeneous", "spoofing", "dropout")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "simulate",
+        help=HELP,
+        description=HELP + ". Scenarios: " + ", ".join(SCENARIOS) + " (or a .toml file).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--scenario", default="steady", metavar="NAME",
+                   help="a shipped scenario name or a scenario TOML file")
+    p.add_argument("--regions", type=int, default=1000, metavar="N", help="number of regions")
+    p.add_argument("--steps", type=int, default=150, metavar="T", help="decision windows")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="PRNG seed")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--params", metavar="FILE", help="NarsetParams TOML (default: defaults)")
+    p.add_argument("--controller", default="narset", choices=CONTROLLERS,
+                   help="Narset or one of the baselines")
+    p.add_argument("--budget", choices=("region", "global", "fixed_sum"),
+                   help="budget mode (default: the params file's, else the scenario's "
+                        "recommendation, else region)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--chunk", type=int, metavar="K",
+                   help="windows per log part (default: about 1M rows per part, at most 64)")
+    p.add_argument("--sample-regions", type=int, default=6, metavar="K",
+                   help="regions drawn in the intensity plot")
+    p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", metavar="PATH", help="also write the summary here")
+    p.set_defaults(run=run)
+    return p
+
+
+def _positive(name: str, value: int) -> int:
+    from narset_jax.errors import UserError
+
+    if value is None or value <= 0:
+        raise UserError(f"{name} must be a positive integer, got {value}")
+    return value
+
+
+def _chunking(n_regions: int, n_steps: int, chunk: int | None) -> int:
+    if chunk is None:
+        chunk = max(1, min(_MAX_CHUNK, _ROWS_PER_PART // n_regions))
+        parts = math.ceil(n_steps / chunk)
+        chunk = math.ceil(n_steps / parts)
+    return min(chunk, n_steps)
+
+
+def resolve_params(params_file: str | None, scenario, budget: str | None):
+    """Params from the file (or defaults), with the budget mode from ``--budget``, else
+    the file, else the scenario's recommendation."""
+    import tomllib
+
+    from narset_jax.params import NarsetParams
+
+    if params_file:
+        params = NarsetParams.from_toml(params_file)
+        with open(params_file, "rb") as fh:
+            in_file = "budget" in tomllib.load(fh)
+    else:
+        params, in_file = NarsetParams(), False
+    if budget is not None:
+        return params.replace(budget=budget)
+    if not in_file and scenario.budget is not None:
+        return params.replace(budget=scenario.budget)
+    return params
+
+
+def run(args) -> int:
+    from narset_jax.errors import UserError
+
+    n = _positive("--regions", args.regions)
+    steps = _positive("--steps", args.steps)
+    if args.chunk is not None:
+        _positive("--chunk", args.chunk)
+    if args.sample_regions < 0:
+        raise UserError(f"--sample-regions must be >= 0, got {args.sample_regions}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+
+    from sims.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario)
+    params = resolve_params(args.params, scenario, args.budget)
+    summary = simulate(
+        params,
+        scenario,
+        n_regions=n,
+        n_steps=steps,
+        seed=args.seed,
+        out=out,
+        controller=args.controller,
+        dtype=args.dtype,
+        chunk=_chunking(n, steps, args.chunk),
+        sample_regions=args.sample_regions,
+        plots=not args.no_plots,
+        progress=not args.no_progress,
+        params_file=args.params,
+    )
+    from narset_jax.atomic import write_json
+
+    if args.json:
+        write_json(args.json, summary)
+    m = summary["metrics"]
+    print(
+        f"narset simulate: {scenario.name}, {args.controller}, {n} regions x {steps} windows "
+        f"in {summary['wall_seconds']:.1f} s; objective {summary['objective']:.3f} "
+        f"(progress {m['progress']:.3f}, flap {m['flap_rate']:.2f}, "
+        f"rollbacks {m['rollbacks']:.2f}, unsafe lysis {m['unsafe_lysis']:.2f} per 100)"
+    )
+    print(f"outputs in {out}/: decisions/ (Parquet log), manifest.json, summary.json"
+          + (", plots/" if not args.no_plots else ""))
+    for name in summary["outputs"].get("plots", []):
+        print(f"  {out / name}")
+    return 0
+
+
+def simulate(
+    params,
+    scenario,
+    *,
+    n_regions: int,
+    n_steps: int,
+    seed: int,
+    out: Path,
+    controller: str = "narset",
+    dtype: str = "float32",
+    chunk: int = 64,
+    sample_regions: int = 6,
+    plots: bool = True,
+    progress: bool = True,
+    params_file: str | None = None,
+) -> dict:
+    """Run the simulation, writing the log, summary and plots to ``out``; returns the
+    summary. A ``KeyboardInterrupt`` leaves a log marked partial and propagates."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from tqdm import tqdm
+
+    import sims
+    from narset_jax.atomic import write_json
+    from narset_jax.decision_log import DecisionLogWriter, jitted_step
+    from sims.baselines import step_fn
+
+    jdtype = jnp.dtype(dtype).type
+    sc = scenario.without_metadata()
+    key = jax.random.key(seed)
+    t0 = time.perf_counter()
+    ctl_step = jitted_step(step_fn(controller))
+    eco_step, metrics_fn, init, stack = _compiled()
+    carry = init(params, sc, key, n_regions, dtype=jdtype)
+
+    k = min(sample_regions, n_regions)
+    sample = np.unique(np.linspace(0, n_regions - 1, k).round().astype(int)) if k else []
+    track = {name: [] for name in ("x_T", "x_E", "spent", "mode")}
+    means = {name: [] for name in ("mean x_T", "mean x_E", "repair share", "health")}
+
+    config = {
+        "command": "simulate",
+        "scenario": scenario.name,
+        "scenario_values": scenario.to_dict(),
+        "controller": controller,
+        "regions": n_regions,
+        "steps": n_steps,
+        "chunk": chunk,
+        "dtype": dtype,
+        "params_file": params_file,
+    }
+    bar = tqdm(total=n_steps, unit="window", desc=f"simulate {scenario.name}",
+               disable=not progress, file=sys.stderr, leave=False)
+    buffer: list = []
+
+    def flush(writer):
+        d, health = jax.device_get(stack(buffer))
+        cols = d.columns()
+        writer.write(cols)
+        for name in track:
+            track[name].append(np.asarray(cols[name])[:, sample])
+        means["mean x_T"].append(cols["x_T"].mean(axis=1))
+        means["mean x_E"].append(cols["x_E"].mean(axis=1))
+        means["repair share"].append(cols["mode_weight"].mean(axis=1))
+        means["health"].append(health.mean(axis=1))
+        buffer.clear()
+
+    try:
+        with DecisionLogWriter(
+            out, params=params, n_regions=n_regions, dtype=dtype, config=config, seed=seed
+        ) as writer:
+            for t in range(n_steps):
+                ctl, d = ctl_step(params, carry.ctl, carry.telemetry)
+                carry, (_, _, ev) = eco_step(params, sc, carry, ctl, d)
+                buffer.append((d, ev.health))
+                if len(buffer) == chunk or t == n_steps - 1:
+                    flush(writer)
+                bar.update(1)
+            metrics = metrics_fn(params, sc, carry)
+            jax.block_until_ready(metrics)
+    finally:
+        bar.close()
+    wall = time.perf_counter() - t0
+
+    m = metrics.to_dict()
+    objective = float(sims.objective(metrics))
+    outputs = {"log": "decisions/", "manifest": "manifest.json", "summary": "summary.json"}
+    if plots:
+        outputs["plots"] = _plots(
+            out, scenario, controller, params, sample, track, means,
+            np.asarray(carry.acc.switches), n_steps,
+        )
+    summary = {
+        "scenario": scenario.name,
+        "controller": controller,
+        "budget": params.budget,
+        "regions": n_regions,
+        "steps": n_steps,
+        "seed": seed,
+        "dtype": dtype,
+        "metrics": m,
+        "objective": objective,
+        "weights": sims.DEFAULT_WEIGHTS.to_dict(),
+        "wall_seconds": wall,
+        "region_windows_per_second": n_regions * n_steps / wall,
+        "outputs": outputs,
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled():
+    """Jitted ecology step, metrics, init and chunk stacking (cached per process)."""
+    import jax
+    import jax.numpy as jnp
+
+    import sims
+    from sims.rollout import advance, rollout_init
+
+    return (
+        jax.jit(advance),
+        jax.jit(sims.rollout_metrics),
+        jax.jit(rollout_init, static_argnames=("n_regions", "dtype")),
+        jax.jit(lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)),
+    )
+
+
+def _plots(out, scenario, controller, params, sample, track, means, switches, n_steps):
+    import numpy as np
+
+    from narset_jax.plots.simulate import (
+        plot_ecology,
+        plot_sample_regions,
+        plot_switch_histogram,
+    )
+
+    steps = np.arange(n_steps)
+    names = []
+    label = f"{scenario.name}, {controller}"
+    if len(sample):
+        arr = {k: np.concatenate(v) for k, v in track.items()}
+        plot_sample_regions(
+            out / "plots" / "regions.png", steps, arr["x_T"], arr["x_E"], arr["spent"],
+            arr["mode"], sample, pool=float(params.pool) if params.budget != "fixed_sum"
+            else 1.0, title=f"Intensities and spend of sample regions ({label})",
+        )
+        names.append("plots/regions.png")
+    means = {k: np.concatenate(v) for k, v in means.items()}
+    plot_ecology(out / "plots" / "ecology.png", steps, means,
+                 title=f"Mesh means per window ({label})")
+    names.append("plots/ecology.png")
+    plot_switch_histogram(out / "plots" / "mode_switches.png", switches, n_steps=n_steps,
+                          title=f"Mode switches per region ({label})")
+    names.append("plots/mode_switches.png")
+    return names

@@ -1,0 +1,272 @@
+"""Scaling sweeps: compile time, steady-state throughput and memory of the closed loop
+(controller plus simulator) against the number of regions and devices.
+
+For each device count ``D`` and each size ``N``: build a sharded rollout
+([`narset_jax.sharding.ShardedRollout`][]), time tracing plus compilation of a chunk of
+``T`` windows, run it ``warmup`` times, then time ``repeats`` runs (each waits for the
+result with ``block_until_ready``). Throughput is ``N * T / median time`` in region-windows
+per second. Memory is XLA's own account of the compiled chunk per device (arguments,
+outputs and temporaries; on GPU also the allocator's peak). See ``docs/scaling.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+from narset_jax.errors import UserError
+
+__all__ = ["SweepRow", "machine", "parse_sizes", "run_sweep", "summarise"]
+
+
+@dataclass
+class SweepRow:
+    """One (device count, size) point of a sweep.
+
+    **Fields:** ``n_regions``, ``devices`` (total, all processes), ``steps`` (windows per
+    timed call), ``budget``, ``path`` (``"shard_map"`` or ``"gspmd"``), ``compile_s``
+    (trace, lower and compile the chunk), ``seconds`` (median of the timed runs), ``times``
+    (every timed run), ``throughput`` (region-windows per second, ``N * T / seconds``),
+    ``bytes_per_device`` (XLA's argument + output + temporary bytes of the chunk, minus
+    aliased), ``bytes_per_region`` (that times the device count, over ``N``),
+    ``temp_bytes_per_device``, ``device_peak_bytes`` (the allocator's peak where the
+    backend reports one, e.g. GPU; else ``None``), ``rss_peak_bytes`` (this process's peak
+    resident memory so far; monotone over the sweep), ``cpu_seconds`` (median CPU time of
+    this process per timed run, all threads: on a shared machine ``N * T / cpu_seconds``
+    is the steadier figure), ``load_average`` (1-minute, at the end of the point),
+    ``collectives_in_loop`` (collective ops inside the compiled scan; see
+    [`narset_jax.sharding.collectives`][]).
+    """
+
+    n_regions: int
+    devices: int
+    steps: int
+    budget: str
+    path: str
+    compile_s: float
+    seconds: float
+    times: list
+    throughput: float
+    bytes_per_device: int | None
+    bytes_per_region: float | None
+    temp_bytes_per_device: int | None
+    device_peak_bytes: int | None
+    rss_peak_bytes: int
+    cpu_seconds: float | None = None
+    load_average: float | None = None
+    collectives_in_loop: dict | None = None
+
+
+def parse_sizes(text: str | Sequence) -> list[int]:
+    """``"1e2,1e3,5000"`` -> ``[100, 1000, 5000]`` (positive integers, kept in order)."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    sizes = []
+    for part in parts:
+        part = str(part).strip()
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise UserError(f"--regions: {part!r} is not a number") from None
+        if not value.is_integer() or value < 1:
+            raise UserError(f"--regions: {part!r} is not a positive integer")
+        sizes.append(int(value))
+    if not sizes:
+        raise UserError("--regions: no sizes given")
+    return sizes
+
+
+def machine() -> dict:
+    """What ran the sweep (a number is never quoted without its machine)."""
+    import jax
+
+    devs = jax.devices()
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device_kind": getattr(devs[0], "device_kind", str(devs[0])),
+        "n_devices": len(devs),
+        "n_processes": jax.process_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def _memory(compiled) -> dict:
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        m = None
+    if m is None:
+        return {"bytes": None, "temp": None}
+    total = (
+        m.argument_size_in_bytes
+        + m.output_size_in_bytes
+        + m.temp_size_in_bytes
+        - m.alias_size_in_bytes
+    )
+    return {"bytes": int(total), "temp": int(m.temp_size_in_bytes)}
+
+
+def _device_peak(devices) -> int | None:
+    peaks = []
+    for d in devices:
+        try:
+            stats = d.memory_stats()
+        except Exception:  # noqa: BLE001
+            stats = None
+        if stats and "peak_bytes_in_use" in stats:
+            peaks.append(int(stats["peak_bytes_in_use"]))
+    return max(peaks) if peaks else None
+
+
+def _load() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # pragma: no cover
+        return None
+
+
+def _rss_peak() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def run_sweep(
+    sizes: Sequence[int],
+    steps: int,
+    *,
+    device_counts: Sequence[int] = (1,),
+    budget: str = "region",
+    scenario="steady",
+    params=None,
+    dtype="float32",
+    repeats: int = 5,
+    warmup: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+    on_row: Callable[[SweepRow], None] | None = None,
+) -> list[SweepRow]:
+    """Measure the closed loop at every (device count, size).
+
+    **Arguments:**
+
+    - ``sizes``: numbers of regions.
+    - ``steps``: windows per timed call (one ``lax.scan``).
+    - ``device_counts``: devices per process for each mesh (the device-count axis).
+    - ``budget``: ``"region"``, ``"global"`` or ``"fixed_sum"`` (replaces ``params.budget``).
+    - ``scenario``: a ``sims`` scenario name, path or object.
+    - ``params``: [`narset_jax.NarsetParams`][] (default ``NarsetParams()``).
+    - ``dtype``: ``"float32"`` or ``"float64"``.
+    - ``repeats``, ``warmup``: timed and untimed runs after compilation.
+    - ``seed``: PRNG seed.
+    - ``progress``: show a progress bar (stderr).
+    - ``on_row``: called with each finished row.
+
+    **Returns:** the rows, device count major, size minor.
+    """
+    import jax
+    import jax.numpy as jnp
+    from tqdm.auto import tqdm
+
+    import sims
+    from narset_jax.params import NarsetParams
+    from narset_jax.sharding import ShardedRollout, collectives, region_mesh
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise UserError(f"--steps must be a positive integer, got {steps!r}")
+    if repeats < 1 or warmup < 0:
+        raise UserError("--repeats must be >= 1 and --warmup >= 0")
+    params = NarsetParams() if params is None else params
+    params = params.replace(budget=budget)
+    sc = sims.load_scenario(scenario)
+    dt = jnp.dtype(dtype)
+    key = jax.random.key(seed)
+    rows: list[SweepRow] = []
+    todo = [(d, n) for d in device_counts for n in sizes]
+    bar = tqdm(todo, desc="sweep", unit="size", disable=not progress, file=sys.stderr)
+    for d, n in bar:
+        bar.set_postfix_str(f"D={d} N={n:.0e}")
+        mesh = region_mesh(d)
+        runner = ShardedRollout(params, n, mesh, dtype=dt)
+        carry = jax.block_until_ready(runner.init(params, sc, key))
+        t0 = time.perf_counter()
+        compiled = runner.lower_chunk(params, sc, carry, steps).compile()
+        compile_s = time.perf_counter() - t0
+        scw = sc.without_metadata()
+        for _ in range(warmup):
+            jax.block_until_ready(compiled(params, scw, carry))
+        times, cpu = [], []
+        for _ in range(repeats):
+            c0, t0 = time.process_time(), time.perf_counter()
+            jax.block_until_ready(compiled(params, scw, carry))
+            times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        med = statistics.median(times)
+        mem = _memory(compiled)
+        n_dev = mesh.devices.size
+        row = SweepRow(
+            n_regions=n,
+            devices=n_dev,
+            steps=steps,
+            budget=budget,
+            path=runner.path,
+            compile_s=compile_s,
+            seconds=med,
+            times=times,
+            throughput=n * steps / med,
+            bytes_per_device=mem["bytes"],
+            bytes_per_region=None if mem["bytes"] is None else mem["bytes"] * n_dev / n,
+            temp_bytes_per_device=mem["temp"],
+            device_peak_bytes=_device_peak(mesh.devices.flat),
+            rss_peak_bytes=_rss_peak(),
+            cpu_seconds=statistics.median(cpu),
+            load_average=_load(),
+            collectives_in_loop=collectives(compiled.as_text())["in_loop"],
+        )
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+        del carry, compiled
+    bar.close()
+    return rows
+
+
+def summarise(rows: Sequence[SweepRow]) -> dict:
+    """Scaling figures per device count: throughput by size and, where both ends were
+    measured, the time ratio from the smallest size ``>= 1e4`` to the largest over the
+    size ratio (1.0 is exactly linear scaling)."""
+    out = {}
+    for d in sorted({r.devices for r in rows}):
+        sub = sorted((r for r in rows if r.devices == d), key=lambda r: r.n_regions)
+        entry = {
+            "throughput": {str(r.n_regions): r.throughput for r in sub},
+            "compile_s": {str(r.n_regions): r.compile_s for r in sub},
+            "max_compile_s": max(r.compile_s for r in sub),
+        }
+        big = [r for r in sub if r.n_regions >= 10**4]
+        if len(big) >= 2:
+            lo, hi = big[0], big[-1]
+            entry["linearity"] = {
+                "from": lo.n_regions,
+                "to": hi.n_regions,
+                "time_ratio_over_size_ratio": (hi.seconds / lo.seconds)
+                / (hi.n_regions / lo.n_regions),
+            }
+        out[str(d)] = entry
+    return out
+
+
+def rows_as_dicts(rows: Sequence[SweepRow]) -> list[dict]:
+    """The rows as plain dicts (for JSON)."""
+    return [asdict(r) for r in rows]

@@ -1,0 +1,318 @@
+"""Closed-loop rollouts: controller and ecology in one ``lax.scan``.
+
+Window ``t``: the controller reads the telemetry of window ``t - 1`` (before the first
+window, the noise-free [`sims.observe`][] of the initial state) and decides; the ecology
+then runs window ``t`` under that decision and emits its telemetry.
+
+[`sims.rollout`][] is one jitted call. For long runs, [`sims.rollout_init`][],
+[`sims.rollout_chunk`][] and [`sims.rollout_metrics`][] split it into chunks of windows with
+identical results, so a caller can write each chunk's records and keep memory flat.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from narset_jax.hysteresis import gate
+from narset_jax.params import NarsetParams
+from narset_jax.step import Decision, NarsetState, init_state
+from narset_jax.telemetry import Telemetry
+from sims.baselines import check_controller, controller_step
+from sims.ecology import (
+    Action,
+    Events,
+    SimState,
+    _check_dtype,
+    _check_n,
+    init,
+    observe,
+    sim_transition,
+)
+from sims.metrics import Accum, Metrics, init_accum, metrics_from
+from sims.scenario import Scenario
+
+__all__ = [
+    "AUTHORITY_TEMP",
+    "RolloutCarry",
+    "RolloutResult",
+    "advance",
+    "rollout",
+    "rollout_chunk",
+    "rollout_init",
+    "rollout_metrics",
+]
+
+# Temperature (intensity units) of the relaxed authority tiers and overdrive indicator.
+AUTHORITY_TEMP = 0.05
+
+
+class RolloutCarry(eqx.Module):
+    """Everything a rollout carries between windows.
+
+    **Fields:** ``sim`` ([`sims.SimState`][]), ``ctl`` ([`narset_jax.NarsetState`][]),
+    ``telemetry`` (the telemetry the controller reads next), ``acc`` (metric
+    accumulators), ``t`` (the next window's index, int32 scalar).
+    """
+
+    sim: SimState
+    ctl: NarsetState
+    telemetry: Telemetry
+    acc: Accum
+    t: jax.Array
+
+
+class RolloutResult(eqx.Module):
+    """The result of [`sims.rollout`][].
+
+    **Fields:**
+
+    - ``metrics``: [`sims.Metrics`][] (scalars).
+    - ``final``: the final [`sims.RolloutCarry`][].
+    - ``decisions``: with ``record=True``, the [`narset_jax.Decision`][] of every window,
+      each field ``[T, N]`` (``decisions.raw`` is the telemetry each decision read);
+      otherwise ``None``.
+    - ``telemetry``: with ``record=True``, the [`narset_jax.Telemetry`][] each window
+      emitted (``[T, N]``); otherwise ``None``.
+    - ``events``: with ``record=True``, the simulator's [`sims.Events`][] (``[T, N]``).
+    """
+
+    metrics: Metrics
+    final: RolloutCarry
+    decisions: Decision | None
+    telemetry: Telemetry | None
+    events: Events | None
+
+
+def _relaxed(hard, soft, variant):
+    """The hard value, the soft one, or hard forward with soft gradients."""
+    if variant == "hard":
+        return hard
+    if variant == "soft":
+        return soft
+    return hard + (soft - jax.lax.stop_gradient(soft))
+
+
+def _action(params: NarsetParams, d: Decision, variant: str):
+    """What the ecology reads from a decision. Hard runs use the controller's integer
+    tiers; relaxed runs rebuild the same tiers from gates (identical forward values for
+    ``"straight_through"``) so that gradients reach ``x`` and the ``tau`` thresholds."""
+    if variant == "hard":
+        return d
+    p = params.astype(d.x_T.dtype)
+    at = d.raw.boundary & d.raw.valid
+    at = at.astype(d.x_T.dtype)
+
+    def tier(x, tau_rev, tau_irr):
+        return gate(x - tau_rev, AUTHORITY_TEMP, variant) + gate(
+            x - tau_irr, AUTHORITY_TEMP, variant
+        ) * at
+
+    return Action(
+        x_T=d.x_T,
+        x_E=d.x_E,
+        tier_T=tier(d.x_T, p.tau_germinate, p.tau_fossilise),
+        tier_E=tier(d.x_E, p.tau_sedate, p.tau_lysis),
+    )
+
+
+def _window(params, scenario, controller, carry: RolloutCarry):
+    ctl, d = controller_step(params, controller, carry.ctl, carry.telemetry)
+    return advance(params, scenario, carry, ctl, d)
+
+
+def advance(params: NarsetParams, scenario: Scenario, carry: RolloutCarry, ctl, d):
+    """The ecology's half of a window: given the controller's new state ``ctl`` and its
+    decision ``d`` (made from ``carry.telemetry``), run the ecology one window, update the
+    accumulators and return ``(carry, (d, telemetry, events))``.
+
+    [`sims.rollout_chunk`][] calls the controller and this in one compiled body. Callers
+    that must reproduce decisions bit for bit elsewhere (the ``narset simulate`` log, which
+    ``narset replay`` re-runs) call the controller as its own jitted step and then this:
+    XLA on CPU contracts multiply-adds into FMAs differently in different fusions, so the
+    same maths compiled into a larger program can differ in the last bit.
+    """
+    variant = params.hysteresis
+    sim = carry.sim
+    sim_new, tel, ev = sim_transition(
+        scenario, sim, _action(params, d, variant), carry.t, relax=variant
+    )
+    acc = carry.acc
+    dtype = d.x_T.dtype
+    m = d.mode_weight
+    od_hard = (d.overdrive_T | d.overdrive_E).astype(dtype)
+    od_soft = gate(jnp.maximum(d.x_T, d.x_E) - 1, AUTHORITY_TEMP, "soft")
+    acc = Accum(
+        n=acc.n + 1,
+        switches=acc.switches + jnp.abs(m - acc.prev_mode),
+        churn=acc.churn + jnp.abs(d.x_T - sim.prev_x_T) + jnp.abs(d.x_E - sim.prev_x_E),
+        overdrive=acc.overdrive + _relaxed(od_hard, od_soft, variant),
+        unsafe=acc.unsafe + ev.unsafe,
+        rollbacks=acc.rollbacks + ev.rollback,
+        panics=acc.panics + ev.panic,
+        lysis=acc.lysis + ev.lysis,
+        spend=acc.spend + d.spent,
+        health=acc.health + ev.health,
+        mode=acc.mode + m,
+        x_T=acc.x_T + d.x_T,
+        x_E=acc.x_E + d.x_E,
+        missing=acc.missing + (~d.raw.valid).astype(dtype),
+        prev_mode=m,
+    )
+    new = RolloutCarry(sim=sim_new, ctl=ctl, telemetry=tel, acc=acc, t=carry.t + 1)
+    return new, (d, tel, ev)
+
+
+def rollout_init(
+    params: NarsetParams,
+    scenario: Scenario,
+    key,
+    n_regions: int,
+    *,
+    dtype=jnp.float32,
+    region_ids=None,
+) -> RolloutCarry:
+    """The carry before the first window: fresh ecology and controller, the initial
+    observation, zeroed accumulators."""
+    del params
+    n = _check_n(n_regions)
+    dtype = _check_dtype(dtype)
+    sim = init(key, n, scenario, dtype, region_ids=region_ids)
+    ctl = init_state(n, dtype, region_ids=sim.region)
+    return RolloutCarry(
+        sim=sim,
+        ctl=ctl,
+        telemetry=observe(scenario, sim),
+        acc=init_accum(n, dtype),
+        t=jnp.zeros((), jnp.int32),
+    )
+
+
+def rollout_chunk(
+    params: NarsetParams,
+    scenario: Scenario,
+    carry: RolloutCarry,
+    n_steps: int,
+    *,
+    controller: str = "narset",
+    record: bool = False,
+    checkpoint: bool = False,
+):
+    """Advance a carry by ``n_steps`` windows (a ``lax.scan``).
+
+    **Returns:** ``(carry, records)``; ``records`` is ``(decisions, telemetry, events)``
+    stacked along a leading time axis when ``record`` is true, else ``None``.
+    """
+    check_controller(controller)
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps <= 0:
+        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+
+    def body(c, _):
+        c, out = _window(params, scenario, controller, c)
+        return c, (out if record else None)
+
+    if checkpoint:
+        body = jax.checkpoint(body)
+    return jax.lax.scan(body, carry, None, length=n_steps)
+
+
+def _pool(params: NarsetParams, dtype):
+    if params.budget == "fixed_sum":
+        return jnp.ones((), dtype)
+    return params.pool.astype(dtype)
+
+
+def rollout_metrics(params: NarsetParams, scenario: Scenario, carry: RolloutCarry) -> Metrics:
+    """The [`sims.Metrics`][] of the windows run so far."""
+    sim = carry.sim
+    dtype = sim.health.dtype
+    spoofer = sim.spoof_u < scenario.astype(dtype).spoofer_fraction
+    return metrics_from(carry.acc, sim, spoofer, _pool(params, dtype))
+
+
+@partial(
+    jax.jit,
+    static_argnames=("n_regions", "n_steps", "controller", "record", "checkpoint", "dtype"),
+)
+def _rollout(params, scenario, key, region_ids, n_regions, n_steps, controller, record,
+             checkpoint, dtype):
+    carry = rollout_init(params, scenario, key, n_regions, dtype=dtype, region_ids=region_ids)
+    carry, records = rollout_chunk(
+        params,
+        scenario,
+        carry,
+        n_steps,
+        controller=controller,
+        record=record,
+        checkpoint=checkpoint,
+    )
+    metrics = rollout_metrics(params, scenario, carry)
+    d, tel, ev = records if record else (None, None, None)
+    return RolloutResult(metrics=metrics, final=carry, decisions=d, telemetry=tel, events=ev)
+
+
+def rollout(
+    params: NarsetParams,
+    scenario: Scenario,
+    key,
+    n_regions: int,
+    n_steps: int,
+    *,
+    controller: str = "narset",
+    record: bool = False,
+    checkpoint: bool = False,
+    dtype=jnp.float32,
+    region_ids: Any = None,
+) -> RolloutResult:
+    """Simulate ``n_regions`` regions for ``n_steps`` windows under a controller.
+
+    Pure and jitted (``n_regions``, ``n_steps``, ``controller``, ``record``, ``checkpoint``
+    and ``dtype`` are static); ``vmap`` it over params or over scenario float leaves, and
+    differentiate the metrics with respect to ``NarsetParams`` float leaves when
+    ``params.hysteresis`` is ``"soft"`` or ``"straight_through"``. The same flag relaxes the
+    simulator's events (see [`sims.sim_step`][]).
+
+    **Arguments:**
+
+    - ``params``: [`narset_jax.NarsetParams`][]. For the global pool (``budget="global"``)
+      the pool is ``params.pool * n_regions``.
+    - ``scenario``: a [`sims.Scenario`][]. Its metadata (name, recommended budget) is
+      ignored here; apply a recommended budget with ``scenario.recommended_params(params)``.
+    - ``key``: a PRNG key.
+    - ``n_regions``, ``n_steps``: positive ints.
+    - ``controller``: one of [`sims.CONTROLLERS`][].
+    - ``record``: also return every window's decisions, telemetry and events (``[T, N]``).
+    - ``checkpoint``: wrap the scan body in ``jax.checkpoint`` (memory-flat gradients of
+      long rollouts).
+    - ``dtype``: ``jnp.float32`` (default) or ``jnp.float64``.
+    - ``region_ids``: optional ``[N]`` ids (default ``0 .. N-1``). With a per-region
+      budget, regions are independent: a subset of ids reproduces exactly those regions.
+
+    **Returns:** a [`sims.RolloutResult`][].
+    """
+    check_controller(controller)
+    n = _check_n(n_regions)
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps <= 0:
+        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+    dtype = _check_dtype(dtype)
+    if region_ids is None:
+        region_ids = jnp.arange(n, dtype=jnp.int32)
+    else:
+        region_ids = jnp.asarray(region_ids).astype(jnp.int32)
+    return _rollout(
+        params,
+        scenario.without_metadata(),
+        key,
+        region_ids,
+        n,
+        n_steps,
+        controller,
+        record,
+        checkpoint,
+        dtype.type,
+    )
+

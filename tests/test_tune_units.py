@@ -1,0 +1,245 @@
+"""Tuning: parameterisation, statistics, keys, config, checkpoints, plots and CLI errors.
+Nothing here compiles a rollout."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sims
+from narset_jax import tune
+from narset_jax.cli import main
+from narset_jax.cli import tune as cli_tune
+from narset_jax.params import NarsetParams
+from narset_jax.plots.tune import plot_loss_curve, plot_params
+
+
+def test_tuned_fields_cover_the_issue():
+    names = set(tune.TUNED)
+    assert {"alpha", "beta", "theta_enter", "theta_exit", "temp_dwell"} <= names
+    assert {n for n in NarsetParams.tunable_names() if n.startswith("rate_")} <= names
+    assert {n for n in NarsetParams.tunable_names() if n.startswith("gain_")} <= names
+    assert {"tau_sedate", "tau_lysis", "tau_germinate", "tau_fossilise"} <= names
+    assert "pool" not in names  # the budget is the operator's, not tuned
+    assert len(names) == len(tune.TUNED)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_from_params_inverts_to_params(dtype):
+    params = NarsetParams(beta=0.7, theta_enter=0.6, theta_exit=0.05, tau_lysis=0.9,
+                          gain_T_crisis=0.0, k_exit=1.0).astype(dtype)
+    back = tune.to_params(tune.from_params(params, dtype), params)
+    tol = 1e-4 if dtype == jnp.float32 else 1e-9
+    for n in tune.TUNED:
+        a, b = float(getattr(params, n)), float(getattr(back, n))
+        assert abs(a - b) <= tol * max(1.0, abs(a)) + 1e-5 * (n == "gain_T_crisis"), n
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_constraints_hold_for_any_raw_values(dtype):
+    """Constraints by parameterisation: every raw vector, however extreme, gives params
+    that pass validation (which runs on concrete values) with the orderings strict."""
+    rng = np.random.default_rng(0)
+    base = NarsetParams(hysteresis="soft")
+    for scale in (0.1, 3.0, 30.0):
+        for _ in range(20):
+            raw = {n: jnp.asarray(scale * rng.standard_normal(), dtype) for n in tune.TUNED}
+            p = tune.to_params(raw, base)  # validated here
+            assert float(p.theta_exit) < float(p.theta_enter) <= 1
+            assert float(p.tau_sedate) < float(p.tau_lysis)
+            assert float(p.tau_germinate) < float(p.tau_fossilise)
+            assert 0 < float(p.beta) <= 1 and float(p.k_enter) >= 1
+    for value in (-80.0, 80.0):
+        raw = {n: jnp.asarray(value, dtype) for n in tune.TUNED}
+        p = tune.to_params(raw, base)
+        assert float(p.theta_exit) < float(p.theta_enter)
+
+
+def test_to_params_is_traceable_and_differentiable():
+    base = NarsetParams(hysteresis="soft")
+    raw = tune.from_params(base, jnp.float64)
+    g = jax.grad(lambda r: tune.to_params(r, base).theta_enter)(raw)
+    # theta_enter depends on its own gap and on theta_exit, nothing else.
+    assert {n for n, v in g.items() if float(v) != 0} == {"theta_enter", "theta_exit"}
+    with pytest.raises(ValueError, match="lack"):
+        tune.to_params({"alpha": 0.0}, base)
+
+
+def test_temperature_annealing():
+    p = NarsetParams(hysteresis="soft")
+    q = tune.with_temperature(p, 0.5)
+    for n in tune.TEMPERATURES:
+        assert float(getattr(q, n)) == pytest.approx(0.5 * float(getattr(p, n)))
+    assert tune.anneal_factor(0, 10, 0.1) == 1.0
+    assert tune.anneal_factor(9, 10, 0.1) == pytest.approx(0.1)
+    assert tune.anneal_factor(5, 10, 1.0) == 1.0
+    f = [tune.anneal_factor(i, 10, 0.1) for i in range(10)]
+    assert all(a > b for a, b in zip(f, f[1:]))
+
+
+def test_t_interval():
+    ci = tune.t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    half = 2.7764 * np.std([1, 2, 3, 4, 5], ddof=1) / np.sqrt(5)
+    assert ci["mean"] == 3.0 and ci["n"] == 5
+    assert ci["hi"] - ci["mean"] == pytest.approx(half)
+    assert tune.t_interval([2.0])["lo"] == 2.0
+    # Student t 0.975 quantiles (tables): df 40 -> 2.0211, 60 -> 2.0003, 120 -> 1.9799.
+    for df, q in ((7, 2.3646), (40, 2.0211), (60, 2.0003), (120, 1.9799)):
+        assert tune.t_quantile_975(df) == pytest.approx(q, abs=2e-4)
+    with pytest.raises(ValueError):
+        tune.t_interval([])
+
+
+def test_keys_fresh_each_iteration_and_eval_disjoint():
+    k = tune.run_keys(0, tune.STREAM_TRAIN)
+    a = jax.random.key_data(tune.batch_keys(k, 0, 2, 3))
+    b = jax.random.key_data(tune.batch_keys(k, 1, 2, 3))
+    assert a.shape[:2] == (2, 3)
+    again = jax.random.key_data(tune.batch_keys(k, 0, 2, 3))
+    assert np.array_equal(a, again)
+    train = {tuple(x) for x in np.asarray(a).reshape(6, -1)} | {
+        tuple(x) for x in np.asarray(b).reshape(6, -1)
+    }
+    ev = jax.random.key_data(jax.random.split(tune.run_keys(0, tune.STREAM_EVAL), 8))
+    assert len(train) == 12
+    assert not train & {tuple(x) for x in np.asarray(ev)}
+
+
+def test_config_and_optimizer_validation():
+    with pytest.raises(ValueError, match="n_regions"):
+        tune.TuneConfig(0, 10)
+    with pytest.raises(ValueError, match="truncate"):
+        tune.TuneConfig(4, 10, truncate=0)
+    with pytest.raises(ValueError, match="dtype"):
+        tune.TuneConfig(4, 10, dtype="float16")
+    with pytest.raises(ValueError, match="learning_rate"):
+        tune.make_optimizer(0.0, 1.0)
+    with pytest.raises(ValueError, match="clip_norm"):
+        tune.make_optimizer(0.1, -1.0)
+
+
+def test_config_weights_default_to_the_simulators(tmp_path):
+    """The shipped config sets no weights (they come from sims.DEFAULT_WEIGHTS); a user's
+    config overrides single weights and keeps the rest."""
+    cfg = cli_tune._read_config(cli_tune.DEFAULT_CONFIG)
+    assert cfg["weights"] == {}
+    assert cfg["hysteresis"] in ("soft", "straight_through")
+    user = tmp_path / "c.toml"
+    user.write_text("[objective]\nrollbacks = 7\n[optimiser]\nbatch = 3\n")
+    args = main.__globals__["_build_parser"]().parse_args(
+        ["tune", "--out", str(tmp_path), "--config", str(user)]
+    )
+    settings, explicit = cli_tune._settings(args)
+    assert settings["weights"] == {**sims.DEFAULT_WEIGHTS.to_dict(), "rollbacks": 7.0}
+    assert settings["batch"] == 3 and {"weights", "batch"} <= explicit
+
+
+def test_checkpoint_round_trip(tmp_path):
+    base = NarsetParams(hysteresis="soft")
+    opt = tune.make_optimizer(0.05, 1.0)
+    state = tune.train_init(tune.from_params(base, jnp.float32), opt)
+    # Make the optimiser state non-trivial.
+    grad = {n: jnp.asarray(0.1 * i, jnp.float32) for i, n in enumerate(tune.TUNED)}
+    upd = tune._update_fn(opt)
+    raw, opt_state = upd(state.raw, state.opt_state, grad)
+    state = tune.TrainState(raw=raw, opt_state=opt_state, iteration=3)
+    hist = tune.History(loss=[1.0, 0.5, 0.25], grad_norm=[3.0, 2.0, 1.0],
+                        temp_factor=[1.0] * 3, finite=[True] * 3,
+                        objective=[[1.0], [0.5], [0.25]], seconds=[0.1] * 3)
+    path = tmp_path / "checkpoint.npz"
+    cli_tune._save_checkpoint(path, state, hist, {"config": {"a": 1}})
+    template = tune.train_init(tune.from_params(base, jnp.float32), opt)
+    loaded, h2, meta = cli_tune._load_checkpoint(path, template)
+    assert loaded.iteration == 3 and meta["config"] == {"a": 1}
+    assert h2 == hist
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(loaded)):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    # No temporary files left behind; a corrupt file is one clear error.
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception, match="unreadable checkpoint"):
+        cli_tune._read_checkpoint_meta(path)
+
+
+def _run(argv, capsys):
+    rc = main(argv)
+    err = capsys.readouterr().err
+    return rc, err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--iters", "0"], "--iters must be a positive int"),
+        (["--eval-seeds", "4"], "--eval-seeds must be >= 8"),
+        (["--anneal", "2"], "--anneal must be in (0, 1]"),
+        (["--holdout", "crisis"], "also a training scenario"),
+        (["--holdout", "nope"], "unknown scenario 'nope'"),
+        (["--baselines", "narset"], "unknown baseline 'narset'"),
+        (["--eval-steps", "0"], "--eval-steps must be positive"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, capsys, extra, message):
+    argv = ["tune", "--scenario", "crisis", "--iters", "2", "--regions", "4", "--steps", "3",
+            "--out", str(tmp_path / "o"), *extra]
+    rc, err = _run(argv, capsys)
+    assert rc == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_bad_files(tmp_path, capsys):
+    base = ["tune", "--scenario", "crisis", "--iters", "2", "--regions", "4", "--steps", "3",
+            "--out", str(tmp_path / "o")]
+    rc, err = _run(base[:1] + base[3:], capsys)  # no --scenario
+    assert rc == 2 and "--scenario is required" in err
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[optimiser]\nlearning_rat = 0.1\n")
+    rc, err = _run(base + ["--config", str(cfg)], capsys)
+    assert rc == 2 and "bad.toml" in err and "learning_rat" in err
+    cfg.write_text("[objective]\nprogress = \n")
+    rc, err = _run(base + ["--config", str(cfg)], capsys)
+    assert rc == 2 and "malformed TOML" in err and "line 2" in err
+    cfg.write_text("[objective]\nprogress = 'a'\n")
+    rc, err = _run(base + ["--config", str(cfg)], capsys)
+    assert rc == 2 and "must be a number" in err
+    rc, err = _run(["tune", "--out", str(tmp_path / "none"), "--resume"], capsys)
+    assert rc == 2 and "no checkpoint" in err
+
+
+def test_format_table_and_verdicts():
+    ci = lambda m, lo, hi: {"mean": m, "lo": lo, "hi": hi, "sd": 1.0, "n": 8}  # noqa: E731
+    metrics = {m: 0.0 for m in tune.REPORT_METRICS}
+    rows = {
+        "defaults": {"objective": ci(1, 0, 2), "delta": None, "metrics": metrics},
+        "tuned": {"objective": ci(0, -1, 1), "delta": ci(-1, -1.5, -0.5), "metrics": metrics},
+        "random_search": {"objective": ci(1, 0, 2), "delta": ci(0, -1, 1), "metrics": metrics},
+    }
+    rows["tuned"]["versus"] = {"random_search": ci(0.2, 0.1, 0.3)}
+    text = cli_tune.format_table({"steady": rows}, {"steady"}, "defaults", 8, 16, 10)
+    assert "steady (held-out)" in text
+    assert "tuned vs defaults: better" in text
+    assert "random_search vs defaults: no significant difference" in text
+    assert "tuned vs random_search: dJ = 0.200 [0.100, 0.300], worse" in text
+    assert cli_tune._verdict(ci(1, 0.5, 1.5)) == "worse"
+
+
+def test_plots(tmp_path):
+    hist = {"loss": [3.0, 2.0, 1.5, 1.2, 1.1, 1.0], "grad_norm": [5, 4, 3, 2, 1, 0.5],
+            "temp_factor": [1, 0.8, 0.6, 0.4, 0.2, 0.1], "finite": [True] * 5 + [False]}
+    p = plot_loss_curve(hist, tmp_path / "loss.png", random_search=[3, 2.5, 2.8, 1.9, 2, 2],
+                        batch=4)
+    assert p.stat().st_size > 0
+    before = {n: float(getattr(NarsetParams(), n)) for n in tune.TUNED}
+    after = {n: v * 1.3 for n, v in before.items()}
+    p = plot_params(before, after, tmp_path / "params.png", random_search=before)
+    assert p.stat().st_size > 0
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["loss.png", "params.png"]
+
+
+def test_history_round_trip():
+    h = tune.History(loss=[1.0], grad_norm=[2.0], temp_factor=[1.0], finite=[True],
+                     objective=[[1.0]], seconds=[0.5])
+    assert tune.History.from_dict(json.loads(json.dumps(h.to_dict()))) == h
