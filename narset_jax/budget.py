@@ -266,7 +266,10 @@ def _over_lin_candidates(t_o, t_l, w_o, w_l, B, alpha, cost):
     out = []
     for r in (lo_root, hi_root):
         u = jnp.clip(r, u_lo, u_hi)
-        out.append((1 + u, jnp.maximum(B - 1 - _g(u, alpha, cost), 0), valid))
+        # At the upper end the linear agent is exactly at 0 (not at rounding noise,
+        # which would make it look active to the KKT price).
+        x_l = jnp.where(r >= u_hi, 0, jnp.maximum(B - 1 - _g(u, alpha, cost), 0))
+        out.append((1 + u, x_l, valid))
     return out
 
 
@@ -330,9 +333,11 @@ def _weighted_circle_candidates(t_T, t_E, w_T, w_E, B, alpha, cost, iters):
     # 1. Global minimum: delta = w_m + mu > 0. psi is convex and decreasing there.
     delta = jnp.maximum(jnp.abs(gm) / Rs, jnp.abs(gM) / Rs - D)
     delta = jnp.maximum(delta, tiny)
-    for _ in range(iters):
+    def newton_global(_, delta):
         f, df = psi(delta, D + delta)
-        delta = jnp.maximum(delta - f / jnp.where(df != 0, df, -1), tiny)
+        return jnp.maximum(delta - f / jnp.where(df != 0, df, -1), tiny)
+
+    delta = jax.lax.fori_loop(0, iters, newton_global, delta)
     cands.append((gm / delta, gM / (D + delta)))
     # 2. Interior roots: eta = -(w_m + mu) in (0, D), on either side of the minimiser of
     # |v|^2, eta* = D A_m / (A_m + A_M).
@@ -344,8 +349,8 @@ def _weighted_circle_candidates(t_T, t_E, w_T, w_E, B, alpha, cost, iters):
     for lo, hi, sign in ((jnp.zeros_like(D), eta_star, 1), (eta_star, Ds, -1)):
         # psi(eta) = 1/R - 1/|v|: +1/R at the poles, negative at eta* when has_two.
         # On (0, eta*) psi decreases, on (eta*, D) it increases.
-        eta = (lo + hi) / 2
-        for _ in range(iters):
+        def safeguarded(_, carry, sign=sign):
+            eta, lo, hi = carry
             f, df = psi(-eta, D - eta)
             df = -df  # d/d(eta) = -d/d(delta)
             pos = sign * f > 0  # root lies to the right of eta
@@ -353,7 +358,10 @@ def _weighted_circle_candidates(t_T, t_E, w_T, w_E, B, alpha, cost, iters):
             hi = jnp.where(pos, hi, eta)
             newton = eta - f / jnp.where(df != 0, df, 1)
             inside = (newton > lo) & (newton < hi) & jnp.isfinite(newton)
-            eta = jnp.where(inside, newton, (lo + hi) / 2)
+            return jnp.where(inside, newton, (lo + hi) / 2), lo, hi
+
+        lo, hi = jnp.broadcast_arrays(lo, hi)
+        eta, lo, hi = jax.lax.fori_loop(0, iters, safeguarded, ((lo + hi) / 2, lo, hi))
         safe = jnp.where(has_two, eta, Ds / 2)
         cands.append((-gm / jnp.where(safe > 0, safe, 1), gM / (Ds - safe)))
     # 3. Hard case, mu = -w_m: v_M fixed, v_m = +-sqrt(R^2 - v_M^2).
@@ -417,18 +425,20 @@ def _solve(cost, weighted, t_T, t_E, B, alpha, w_T, w_E):
     big = jnp.maximum(t_T, t_E)
     shrink = jnp.where(big > cap, cap / jnp.where(big > cap, big, 1), 1)
     s_T, s_E = t_T * shrink, t_E * shrink
-    best_T = best_E = best_f = None
+    xs_T, xs_E, fs = [], [], []
+    shape = s_T.shape
     for xT, xE, ok in _boundary_candidates(s_T, s_E, w_T, w_E, B, alpha, cost, weighted):
         # Objective minus the constant 1/2 sum w t^2: no overflow for huge targets.
         f = w_T * xT * (0.5 * xT - s_T) + w_E * xE * (0.5 * xE - s_E)
-        f = jnp.where(ok, f, jnp.inf)
-        if best_f is None:
-            best_T, best_E, best_f = xT, xE, f
-        else:
-            better = f < best_f
-            best_T = jnp.where(better, xT, best_T)
-            best_E = jnp.where(better, xE, best_E)
-            best_f = jnp.where(better, f, best_f)
+        fs.append(jnp.broadcast_to(jnp.where(ok, f, jnp.inf), shape))
+        xs_T.append(jnp.broadcast_to(xT, shape))
+        xs_E.append(jnp.broadcast_to(xE, shape))
+    # One argmin, then both coordinates from the same candidate. (A separate `where`
+    # chain per coordinate let XLA evaluate the objective in two fusions whose rounding
+    # differed at near-ties, pairing x_T of one candidate with x_E of another.)
+    k = jnp.argmin(jnp.stack(fs), axis=0)[None]
+    best_T = jnp.take_along_axis(jnp.stack(xs_T), k, axis=0)[0]
+    best_E = jnp.take_along_axis(jnp.stack(xs_E), k, axis=0)[0]
     x_T = jnp.where(feasible, t_T, best_T)
     x_E = jnp.where(feasible, t_E, best_E)
     price = jnp.where(feasible, 0, _kkt_price(t_T, t_E, x_T, x_E, w_T, w_E, alpha, cost))
@@ -641,6 +651,8 @@ def project_global_pool(
     _check_positive("pool_total", pool_total)
     _check_positive("alpha", alpha)
     if weights is not None:
+        if len(weights) != 2:
+            raise ValueError("weights must be a pair (w_T, w_E)")
         _check_positive("weights[0] (w_T)", weights[0])
         _check_positive("weights[1] (w_E)", weights[1])
     t_T, t_E, _, a, w_T, w_E = _prepare(target_T, target_E, 1.0, alpha, weights)
@@ -677,6 +689,11 @@ def project_global_pool(
     corr = -(total(lam_star) - B) / slope
     lam = lam_star + jnp.where(need, corr - sg(corr), 0)
     x_T, x_E, spent = _lagrangian_parts(t_T, t_E, w_T, w_E, lam, a, cost)
+    # With lambda = 0 the seed cost's piece comparison is decided by rounding for targets
+    # just above 1; the exact answer is the (clipped) target itself.
+    x_T = jnp.where(need, x_T, t_T)
+    x_E = jnp.where(need, x_E, t_E)
+    spent = _cost(x_T, a, cost) + _cost(x_E, a, cost)
 
     def dual(l):
         xT, xE, sp = _lagrangian_parts(tT0, tE0, wT0, wE0, l, a0, cost)

@@ -240,10 +240,11 @@ def _grid_inputs(dtype=np.float64):
     return [jnp.asarray(c, dtype) for c in cols]
 
 
-@pytest.mark.parametrize("cost", COSTS)
-def test_jit_vmap_and_grad(cost):
-    # Equal weights only: the weighted path is jitted (and batched) in
-    # test_budget_reference.py, and run eagerly (plain and differentiated) elsewhere here.
+def test_jit_vmap_and_grad():
+    # Seed cost and equal weights only (each variant costs compiles): the weighted path is
+    # jitted (and batched) in test_budget_reference.py and differentiated eagerly below;
+    # both costs are jitted throughout this file.
+    cost = "seed"
     t_T, t_E, pool, alpha, w_T, w_E = _grid_inputs()
     args = (t_T, t_E, pool, alpha, w_T, w_E)
     jitted = _jitted(cost, False)(*args)
@@ -553,7 +554,7 @@ def test_global_pool(cost, dtype):
         assert primal - gap <= best_dual + tol, msg
         if cost == "convex" and dtype == np.float64:
             ref = rb.solve_global_convex(tT0, tE0, total, alpha, b["w_T"], b["w_E"])
-            xtol = 1e-6 * max(1.0, scale)
+            xtol = 1e-6 * max(1.0, float(np.max(ref.x_T)), float(np.max(ref.x_E)))
             np.testing.assert_allclose(x_T, ref.x_T, rtol=0, atol=xtol, err_msg=msg)
             np.testing.assert_allclose(x_E, ref.x_E, rtol=0, atol=xtol, err_msg=msg)
             assert abs(price - ref.price) <= 1e-6 * max(1.0, ref.price), (price, ref.price, msg)

@@ -279,8 +279,12 @@ def test_note_numbers():
     # x_T = 1.2 leaves 0.42 for Emrakul (seed cost).
     c = nj.overdrive_cost(jnp.array([0.5, 1.0, 1.2, 1.5]), 2.0)
     np.testing.assert_allclose(c, [0.5, 1.0, 1.08, 1.5], rtol=0, atol=1e-15)
-    a = nj.project_budget(1.5, 0.0)
-    assert (float(a.x_T), float(a.x_E), float(a.price)) == (1.5, 0.0, 0.0)
+    # the defaults are the note's pool and alpha (and the seed cost)
+    a = jax.jit(nj.project_budget)(jnp.array([1.5, 1.2, 1.2]), jnp.array([0.0, 0.4, 5.0]))
+    assert a.x_T[:2].tolist() == [1.5, 1.2] and a.x_E[:2].tolist() == [0.0, 0.4]
+    assert a.price[:2].tolist() == [0.0, 0.0]
+    ref = rb.solve_region(1.2, 5.0, 1.5, 2.0, "seed")
+    assert abs(float(a.x_T[2]) - ref.x_T) <= 1e-12 and abs(float(a.x_E[2]) - ref.x_E) <= 1e-12
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
