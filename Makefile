@@ -21,8 +21,10 @@ $(STAMP_DEV): pyproject.toml | $(BIN)/python
 	touch $@ $(STAMP_RUN)
 
 run: $(STAMP_RUN)
-	$(BIN)/python -m narset_jax.plots.budget --out $(OUT)/feasible_set.png
-	@echo "outputs in $(OUT)/" 
+	$(BIN)/python -m narset_jax.cli simulate --scenario crisis --regions 3000 --steps 150 \
+	  --seed 0 --out $(OUT)
+	@echo "outputs in $(OUT)/: decisions/ (Parquet decision log), manifest.json, summary.json, plots/"
+	@echo "check the log bit for bit with: $(BIN)/narset replay $(OUT)"
 
 test: $(STAMP_DEV)
 	$(BIN)/python -m pytest -n 2 --dist loadfile

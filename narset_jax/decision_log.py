@@ -561,7 +561,6 @@ def replay(
     **Raises:** [`narset_jax.decision_log.DecisionLogError`][] for a missing, partial (unless
     allowed) or unreadable log, or one without params when none are given.
     """
-    import jax
     import jax.numpy as jnp
 
     from narset_jax.step import init_state

@@ -140,7 +140,7 @@ def controller_step(
     return state, d
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def step_fn(controller: str):
     """The named controller as a ``(params, state, telemetry) -> (state, decision)``
     function (one object per name, so jit caches are shared): what

@@ -275,7 +275,8 @@ def sim_transition(
     sedate_ok = jnp.clip(tier_E, 0, 1)
     lysis_ok = jnp.clip(tier_E - 1, 0, 1)
 
-    # Random draws: four normals and ten uniforms per region, two more for the wave.
+    # Random draws: nine hashes per region after its window base (four normals, nine
+    # uniforms), and one from the run's global words for the wave.
     base = step_base(s.k0, s.k1, t)
     z_loss = normal(stream(base, 0), dtype)
     z_lstm = normal(stream(base, 1), dtype)

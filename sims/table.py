@@ -96,7 +96,8 @@ def markdown(result: dict) -> str:
     for c in controllers:
         vals = []
         for key, _, fmt in _COLUMNS:
-            vals.append(fmt.format(np.mean([result["metrics"][s][c][key] for s in scenarios])))
+            v = float(np.mean([result["metrics"][s][c][key] for s in scenarios]))
+            vals.append(fmt.format(round(v, 6) + 0.0))  # no "-0.0000"
         lines.append(f"| {c} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
