@@ -50,6 +50,20 @@ def _maxrss_bytes() -> int:
     return int(r if sys.platform == "darwin" else r * 1024)
 
 
+def _source_hash() -> str:
+    """A hash of the library and simulator sources a child ran, so that a comparison across
+    children is only made when they ran the same code."""
+    import hashlib
+
+    h = hashlib.sha256()
+    root = HERE.parent
+    for path in sorted([*root.glob("narset_jax/**/*.py"), *root.glob("sims/**/*.py"),
+                        *root.glob("sims/scenarios/*.toml")]):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _memory(compiled) -> dict:
     m = compiled.memory_analysis()
     if m is None:  # pragma: no cover - backend without memory analysis
@@ -143,6 +157,7 @@ def child(args) -> dict:
     keys = tune.batch_keys(tune.run_keys(0, tune.STREAM_TRAIN), 0, 1, args.batch)
     temp = jnp.float32(1.0)
     rss_before = _maxrss_bytes()
+    source = _source_hash()
 
     if variant in BREAKDOWN:
         fn, call_args = _breakdown(variant, N, T, base, raw, scenario)
@@ -197,9 +212,14 @@ def child(args) -> dict:
         "memory_analysis": memory,
         "maxrss_bytes": _maxrss_bytes(),
         "rss_before_compile_bytes": rss_before,
+        "source_hash": source,
     }
+    if source != _source_hash():
+        result["source_changed_during_run"] = True
     if variant.startswith("grad_"):
         (_, _), grad, gnorm = out
+        loss_value = compiled(raw, base, stacked, keys, weights, temp)[0]
+        result["value"] = float(loss_value)
         result["grad_norm"] = float(gnorm)
         result["grad"] = {k: float(v) for k, v in grad.items()}
     elif isinstance(out, dict):
@@ -340,6 +360,13 @@ def main(argv=None) -> int:
         if f and g:
             ratios[f"{part}_grad/{part}_forward"] = g["seconds"] / f["seconds"]
     summary["ratios"] = ratios
+    hashes = {r.get("source_hash") for r in results.values()}
+    summary["same_source_in_every_variant"] = len(hashes) == 1 and not any(
+        r.get("source_changed_during_run") for r in results.values()
+    )
+    if not summary["same_source_in_every_variant"]:
+        print("warning: the sources changed between variants; ratios and gradient "
+              "comparisons are not meaningful", file=sys.stderr)
     if "grad_remat" in results and "grad_plain" in results:
         a, b = results["grad_remat"]["grad"], results["grad_plain"]["grad"]
         scale = max(max(abs(v) for v in b.values()), 1e-30)

@@ -45,6 +45,7 @@ __all__ = [
     "region_mesh",
     "region_sharding",
     "region_specs",
+    "rollout_runner",
     "shard_regions",
     "sharded_rollout",
 ]
@@ -287,29 +288,34 @@ class ShardedRollout:
         """The sharded carry before the first window (``n_padded`` regions)."""
         return self._init(params, scenario.without_metadata(), key)
 
-    def chunk_fn(self, n_steps: int):
+    def chunk_fn(self, n_steps: int, *, donate: bool = False):
         """The jitted ``(params, scenario, carry) -> (carry, records)`` for ``n_steps``
-        (``scenario`` without metadata)."""
+        (``scenario`` without metadata). ``donate``: the input carry's buffers are reused
+        for the output (the caller's carry is deleted), so state is updated in place."""
         if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps <= 0:
             raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
-        if n_steps not in self._chunk:
-            self._chunk[n_steps] = jax.jit(
-                partial(self._over_regions, partial(self._local_chunk, n_steps))
+        key = (n_steps, bool(donate))
+        if key not in self._chunk:
+            self._chunk[key] = jax.jit(
+                partial(self._over_regions, partial(self._local_chunk, n_steps)),
+                donate_argnums=(2,) if donate else (),
             )
-        return self._chunk[n_steps]
+        return self._chunk[key]
 
-    def chunk(self, params, scenario, carry, n_steps: int):
+    def chunk(self, params, scenario, carry, n_steps: int, *, donate: bool = False):
         """Advance the sharded carry by ``n_steps`` windows (one ``lax.scan``).
 
         **Returns:** ``(carry, records)``; records (with ``record=True``) are
         ``(decisions, telemetry, events)`` with ``[T, n_padded]`` leaves, sharded along
-        regions.
+        regions. With ``donate`` the input carry is consumed (updated in place).
         """
-        return self.chunk_fn(n_steps)(params, scenario.without_metadata(), carry)
+        return self.chunk_fn(n_steps, donate=donate)(params, scenario.without_metadata(), carry)
 
-    def lower_chunk(self, params, scenario, carry, n_steps: int):
+    def lower_chunk(self, params, scenario, carry, n_steps: int, *, donate: bool = False):
         """``jax.jit(...).lower`` of a chunk, for inspecting or timing compilation."""
-        return self.chunk_fn(n_steps).lower(params, scenario.without_metadata(), carry)
+        return self.chunk_fn(n_steps, donate=donate).lower(
+            params, scenario.without_metadata(), carry
+        )
 
     def controller(self, params, state, telemetry):
         """One jitted, sharded controller window: ``sims.controller_step`` of the
@@ -362,7 +368,7 @@ class ShardedRollout:
         from sims.rollout import RolloutResult
 
         carry = self.init(params, scenario, key)
-        carry, records = self.chunk(params, scenario, carry, n_steps)
+        carry, records = self.chunk(params, scenario, carry, n_steps, donate=True)
         metrics = self.metrics(params, scenario, carry, exact=exact_metrics)
         d, tel, ev = self.unpad(records) if self.record else (None, None, None)
         return RolloutResult(
@@ -410,8 +416,26 @@ def sharded_rollout(
         raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
     if mesh is None:
         mesh = region_mesh()
-    runner = _runner(params, n_regions, mesh, controller, record, checkpoint, jnp.dtype(dtype))
+    runner = rollout_runner(params, n_regions, mesh, controller=controller, record=record,
+                            checkpoint=checkpoint, dtype=dtype)
     return runner.run(params, scenario, key, n_steps, exact_metrics=exact_metrics)
+
+
+def rollout_runner(
+    params,
+    n_regions: int,
+    mesh: Mesh,
+    *,
+    controller: str = "narset",
+    record: bool = False,
+    checkpoint: bool = False,
+    dtype=jnp.float32,
+) -> ShardedRollout:
+    """The [`narset_jax.sharding.ShardedRollout`][] that
+    [`narset_jax.sharding.sharded_rollout`][] uses for this configuration (cached, so its
+    compiled programs are reused)."""
+    return _runner_for(params.budget, n_regions, mesh, controller, bool(record),
+                       bool(checkpoint), jnp.dtype(dtype))
 
 
 @functools.lru_cache(maxsize=8)
@@ -420,10 +444,6 @@ def _runner_for(budget, n, mesh, controller, record, checkpoint, dtype):
         _BudgetOnly(budget), n, mesh, controller=controller, record=record,
         checkpoint=checkpoint, dtype=dtype,
     )
-
-
-def _runner(params, n, mesh, controller, record, checkpoint, dtype):
-    return _runner_for(params.budget, n, mesh, controller, record, checkpoint, dtype)
 
 
 class _BudgetOnly:

@@ -22,7 +22,11 @@ from dataclasses import asdict, dataclass
 
 from narset_jax.errors import UserError
 
-__all__ = ["SweepRow", "machine", "parse_sizes", "run_sweep", "summarise"]
+__all__ = ["SweepError", "SweepRow", "machine", "parse_sizes", "run_sweep", "summarise"]
+
+
+class SweepError(UserError, ValueError):
+    """A bad sweep argument (one line)."""
 
 
 @dataclass
@@ -74,12 +78,12 @@ def parse_sizes(text: str | Sequence) -> list[int]:
         try:
             value = float(part)
         except ValueError:
-            raise UserError(f"--regions: {part!r} is not a number") from None
+            raise SweepError(f"--regions: {part!r} is not a number") from None
         if not value.is_integer() or value < 1:
-            raise UserError(f"--regions: {part!r} is not a positive integer")
+            raise SweepError(f"--regions: {part!r} is not a positive integer")
         sizes.append(int(value))
     if not sizes:
-        raise UserError("--regions: no sizes given")
+        raise SweepError("--regions: no sizes given")
     return sizes
 
 
@@ -184,9 +188,9 @@ def run_sweep(
     from narset_jax.sharding import ShardedRollout, collectives, region_mesh
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        raise UserError(f"--steps must be a positive integer, got {steps!r}")
+        raise SweepError(f"--steps must be a positive integer, got {steps!r}")
     if repeats < 1 or warmup < 0:
-        raise UserError("--repeats must be >= 1 and --warmup >= 0")
+        raise SweepError("--repeats must be >= 1 and --warmup >= 0")
     params = NarsetParams() if params is None else params
     params = params.replace(budget=budget)
     sc = sims.load_scenario(scenario)
@@ -201,15 +205,17 @@ def run_sweep(
         runner = ShardedRollout(params, n, mesh, dtype=dt)
         carry = jax.block_until_ready(runner.init(params, sc, key))
         t0 = time.perf_counter()
-        compiled = runner.lower_chunk(params, sc, carry, steps).compile()
+        compiled = runner.lower_chunk(params, sc, carry, steps, donate=True).compile()
         compile_s = time.perf_counter() - t0
         scw = sc.without_metadata()
+        # The carry is donated (updated in place, as in a real run) and chained from call to
+        # call: every timed call runs T further windows.
         for _ in range(warmup):
-            jax.block_until_ready(compiled(params, scw, carry))
+            carry = jax.block_until_ready(compiled(params, scw, carry))[0]
         times, cpu = [], []
         for _ in range(repeats):
             c0, t0 = time.process_time(), time.perf_counter()
-            jax.block_until_ready(compiled(params, scw, carry))
+            carry = jax.block_until_ready(compiled(params, scw, carry))[0]
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
         med = statistics.median(times)

@@ -15,7 +15,8 @@ __all__ = ["plot_sweep"]
 
 def plot_sweep(rows: Sequence[Mapping], path, *, title: str | None = None):
     """Draw throughput (region-windows per second) against ``N`` on log-log axes, one line
-    per device count, plus compile time and bytes per region.
+    per device count (dashed: per CPU-second of the process, the steadier figure on a shared
+    machine), plus compile time and bytes per region.
 
     **Arguments:**
 
@@ -34,7 +35,12 @@ def plot_sweep(rows: Sequence[Mapping], path, *, title: str | None = None):
         sub = sorted((r for r in rows if r["devices"] == d), key=lambda r: r["n_regions"])
         n = [r["n_regions"] for r in sub]
         label = f"{d} device{'s' if d > 1 else ''}"
-        ax_t.plot(n, [r["throughput"] for r in sub], "o-", label=label)
+        line = ax_t.plot(n, [r["throughput"] for r in sub], "o-", label=f"{label} (wall)")
+        cpu = [(r["n_regions"], r["n_regions"] * r["steps"] / r["cpu_seconds"])
+               for r in sub if r.get("cpu_seconds")]
+        if cpu:
+            ax_t.plot(*zip(*cpu), "s--", color=line[0].get_color(), alpha=0.6,
+                      label=f"{label} (per CPU-second)")
         ax_c.plot(n, [r["compile_s"] for r in sub], "o-", label=label)
         mem = [(r["n_regions"], r["bytes_per_region"]) for r in sub if r.get("bytes_per_region")]
         if mem:

@@ -25,6 +25,9 @@ from narset_jax.sharding import region_mesh, sharded_rollout
 
 ROOT = Path(__file__).resolve().parents[1]
 N, T, SEED = 96, 5, 3
+# The global pool, and small enough to bind: every window's multiplier search is a
+# cross-process all-reduce (gloo).
+PARAMS = dict(budget="global", pool=0.6, beta=0.8)
 DEADLINE_S = 240
 
 WORKER = textwrap.dedent(
@@ -42,10 +45,9 @@ WORKER = textwrap.dedent(
     out = {{"process": setup.process_id, "processes": setup.num_processes,
            "devices": len(setup.devices),
            "local": [d.id for d in jax.local_devices()]}}
-    for budget in ("region", "global"):
-        res = sharded_rollout(NarsetParams(budget=budget), sims.load_scenario("crisis"),
-                              jax.random.key({SEED}), {N}, {T}, mesh=mesh)
-        out[budget] = res.metrics.to_dict()
+    res = sharded_rollout(NarsetParams(**{PARAMS!r}), sims.load_scenario("crisis"),
+                          jax.random.key({SEED}), {N}, {T}, mesh=mesh)
+    out["metrics"] = res.metrics.to_dict()
     print("RESULT " + json.dumps(out), flush=True)
     """
 )
@@ -105,20 +107,13 @@ def test_two_processes_match_single_process():
     for r in results:
         assert r["processes"] == 2 and r["devices"] == 2 and len(r["local"]) == 1
     # Every process sees the same (replicated) summary.
-    assert results[0]["region"] == results[1]["region"]
-    assert results[0]["global"] == results[1]["global"]
+    assert results[0]["metrics"] == results[1]["metrics"]
     # The same simulation in this one process, over two local devices (float32, as the
-    # workers run without x64).
-    crisis = sims.load_scenario("crisis")
-    mesh = region_mesh(jax.devices()[:2])
-    for budget in ("region", "global"):
-        ref = sharded_rollout(
-            NarsetParams(budget=budget), crisis, jax.random.key(SEED), N, T,
-            mesh=mesh, dtype=jnp.float32,
-        ).metrics.to_dict()
-        got = results[0][budget]
-        if budget == "region":
-            assert got == ref  # bitwise: per-region pools
-        else:
-            for k, v in ref.items():
-                assert got[k] == pytest.approx(v, abs=1e-6), k
+    # workers run without x64). Two shards either way, and a sum of two partial sums is
+    # the same whichever way round, so even the global pool's summary matches bitwise.
+    ref = sharded_rollout(
+        NarsetParams(**PARAMS), sims.load_scenario("crisis"), jax.random.key(SEED), N, T,
+        mesh=region_mesh(jax.devices()[:2]), dtype=jnp.float32,
+    ).metrics.to_dict()
+    assert results[0]["metrics"] == ref
+    assert ref["utilisation"] > 0.9  # the pool did bind
