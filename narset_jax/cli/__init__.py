@@ -30,10 +30,24 @@ def _build_parser() -> argparse.ArgumentParser:
             module = importlib.import_module(f"narset_jax.cli.{name}")
         except ModuleNotFoundError as err:  # subcommand not built in this checkout
             if err.name != f"narset_jax.cli.{name}":
-                raise
+                _broken(sub, name, err)
+            continue
+        except Exception as err:  # a broken subcommand must not take the others down
+            _broken(sub, name, err)
             continue
         module.add_parser(sub)
     return parser
+
+
+def _broken(sub, name: str, err: Exception) -> None:
+    """Register ``name`` so that calling it reports why it cannot load, in one line."""
+    from narset_jax.errors import UserError
+
+    def run(args):
+        raise UserError(f"subcommand unavailable ({type(err).__name__}: {err})")
+
+    p = sub.add_parser(name, help=f"(unavailable: {type(err).__name__})")
+    p.set_defaults(run=run)
 
 
 def main(argv: list[str] | None = None) -> int:
