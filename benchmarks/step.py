@@ -14,6 +14,9 @@ Rows:
   controller plus ecology plus metric accumulators), float32, per-region budget, ``steady``
   scenario. Median of ``--repeats`` timed calls after a warm-up; compile time is tracing,
   lowering and compiling the chunk.
+* ``jax_sharded`` (when the process has several devices, e.g. with
+  ``XLA_FLAGS=--xla_force_host_platform_device_count=2``): the same chunk sharded over all
+  of them with ``narset_jax.sharding`` (on a CPU, one thread per device).
 * ``numpy``: ``benchmarks/numpy_reference.py`` (the same windows, eager NumPy), same N.
 * ``python_loop``: the NumPy reference called once per region on ``[1]`` slices (a
   per-region Python loop) on ``--loop-n`` regions; its rate is **extrapolated** to the
@@ -125,6 +128,36 @@ def bench_jax(sizes, steps, repeats, dtype=jnp.float32):
         print(f"jax     N={n:>9,d}  {n * steps / wall / 1e6:8.2f} M rw/s  "
               f"({n * steps / cpu / 1e6:6.2f} M per CPU-s)  compile {w1 - w0:5.2f} s",
               flush=True)
+    return rows
+
+
+def bench_jax_sharded(sizes, steps, repeats, devices):
+    """The same chunk through ``narset_jax.sharding`` over ``devices`` host devices (on a
+    CPU each device runs on its own thread: this is how one process uses several cores)."""
+    from narset_jax.sharding import ShardedRollout, region_mesh
+
+    rows = []
+    for n in sizes:
+        params = NarsetParams()
+        sc = sims.load_scenario(SCENARIO)
+        runner = ShardedRollout(params, n, region_mesh(jax.devices()[:devices]))
+        carry = [jax.block_until_ready(runner.init(params, sc, jax.random.key(0)))]
+        w0, c0 = _clock()
+        compiled = runner.lower_chunk(params, sc, carry[0], steps, donate=True).compile()
+        w1, c1 = _clock()
+        scw = sc.without_metadata()
+
+        def run(compiled=compiled, carry=carry, params=params, scw=scw):
+            carry[0] = compiled(params, scw, carry[0])[0]
+            return carry[0]
+
+        wall, cpu = _timed(run, repeats)
+        best_wall, best_cpu = _timed(run, repeats, warmup=0, best=True)
+        rows.append(_row(n, steps, wall, cpu, devices=devices, compile_s=w1 - w0,
+                         compile_cpu_s=c1 - c0, best_per_second=n * steps / best_wall,
+                         best_per_cpu_second=n * steps / best_cpu, load=os.getloadavg()[0]))
+        print(f"jax x{devices} N={n:>9,d}  {n * steps / wall / 1e6:8.2f} M rw/s  "
+              f"({n * steps / cpu / 1e6:6.2f} M per CPU-s)", flush=True)
     return rows
 
 
@@ -499,6 +532,10 @@ def main(argv=None):
     result = {"machine": _common.machine(), "scenario": SCENARIO, "dtype": "float32",
               "budget": "region", "load_average_start": os.getloadavg()}
     result["jax"] = bench_jax(sizes, args.steps, args.repeats)
+    if jax.local_device_count() > 1:
+        result["jax_sharded"] = bench_jax_sharded(
+            sizes, args.steps, args.repeats, jax.local_device_count()
+        )
     np_sizes = [n for n in sizes if n <= args.numpy_max]
     if "numpy" not in skip:
         result["numpy"] = bench_numpy(np_sizes, args.steps, args.repeats)
@@ -517,12 +554,16 @@ def main(argv=None):
         result["variants"] = bench_variants(vs, args.steps, args.repeats)
 
     jax_at = {r["n"]: r for r in result["jax"]}
+    sharded_at = {r["n"]: r for r in result.get("jax_sharded", [])}
     ratios = {}
     for r in result.get("numpy", []):
         if r["n"] in jax_at:
             j = jax_at[r["n"]]
             ratios[f"jax_over_numpy_at_{r['n']}"] = j["per_second"] / r["per_second"]
             ratios[f"jax_over_numpy_cpu_at_{r['n']}"] = j["per_cpu_second"] / r["per_cpu_second"]
+        if r["n"] in sharded_at:
+            ratios[f"jax_all_devices_over_numpy_at_{r['n']}"] = (
+                sharded_at[r["n"]]["per_second"] / r["per_second"])
     if "python_loop" in result:
         loop = result["python_loop"]["measured"]
         for n, j in jax_at.items():

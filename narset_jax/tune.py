@@ -57,6 +57,7 @@ __all__ = [
     "t_interval",
     "to_params",
     "train",
+    "truncated_scan",
     "train_init",
     "train_step",
     "with_temperature",
@@ -264,29 +265,38 @@ def _is_float(x) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.floating)
 
 
-def _truncated(params, scenario, carry, cfg: TuneConfig):
-    """Run ``T`` windows in chunks of ``W``, with gradients truncated at chunk starts.
+def truncated_scan(chunk: Callable, carry, n_steps: int, window: int):
+    """Run ``n_steps`` steps as chunks of ``window`` with gradients truncated at chunk
+    starts (truncated backpropagation through time).
 
     Each chunk starts from ``stop_gradient`` of the carry. The float leaves of the carry
     returned after a chunk are ``end + (prev - stop_gradient(prev))``: the forward value
     is exactly ``end``, and the gradient accumulates every chunk's local derivative, so
-    metrics that are sums over windows (and the final state, by telescoping) get the
-    truncated-BPTT gradient instead of only the last chunk's.
-    """
-    W = cfg.truncate
+    quantities that are sums over steps (and the final state, by telescoping) get the
+    truncated-BPTT gradient instead of only the last chunk's. Integer, boolean and key
+    leaves pass through. Parameters must be closed over by ``chunk``, not carried: every
+    carried leaf is stopped at chunk starts.
 
-    def chunk(c, n):
-        start = jax.lax.stop_gradient(c)
-        end, _ = sims.rollout_chunk(params, scenario, start, n, checkpoint=cfg.checkpoint)
+    **Arguments:**
+
+    - ``chunk``: ``(carry, n) -> carry``, advancing ``n`` (a Python int) steps.
+    - ``carry``: the initial carry (a pytree).
+    - ``n_steps``: total steps; ``window``: steps per chunk (the last chunk may be shorter).
+
+    **Returns:** the final carry.
+    """
+
+    def one(c, n):
+        end = chunk(jax.lax.stop_gradient(c), n)
         return jax.tree.map(
             lambda e, p: e + (p - jax.lax.stop_gradient(p)) if _is_float(e) else e, end, c
         )
 
-    n_full, rest = divmod(cfg.n_steps, W)
+    n_full, rest = divmod(n_steps, window)
     if n_full:
-        carry, _ = jax.lax.scan(lambda c, _: (chunk(c, W), None), carry, None, length=n_full)
+        carry, _ = jax.lax.scan(lambda c, _: (one(c, window), None), carry, None, length=n_full)
     if rest:
-        carry = chunk(carry, rest)
+        carry = one(carry, rest)
     return carry
 
 
@@ -299,7 +309,10 @@ def rollout_metrics(params: NarsetParams, scenario, key, cfg: TuneConfig) -> sim
             params, scenario, carry, cfg.n_steps, checkpoint=cfg.checkpoint
         )
     else:
-        carry = _truncated(params, scenario, carry, cfg)
+        chunk = lambda c, n: sims.rollout_chunk(  # noqa: E731
+            params, scenario, c, n, checkpoint=cfg.checkpoint
+        )[0]
+        carry = truncated_scan(chunk, carry, cfg.n_steps, cfg.truncate)
     return sims.rollout_metrics(params, scenario, carry)
 
 

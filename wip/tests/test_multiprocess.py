@@ -23,7 +23,8 @@ from narset_jax.distributed import env_for_host_devices
 from narset_jax.params import NarsetParams
 from narset_jax.sharding import region_mesh, sharded_rollout
 
-ROOT = Path(__file__).resolve().parents[1]
+# The repository root (this file may live in tests/ or wip/tests/).
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())
 N, T, SEED = 96, 5, 3
 # The global pool, and small enough to bind: every window's multiplier search is a
 # cross-process all-reduce (gloo).

@@ -13,7 +13,8 @@ import pytest
 import sims
 from narset_jax.params import NarsetParams
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy_reference as ref  # noqa: E402
 
 N, T = 48, 12

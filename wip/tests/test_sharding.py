@@ -32,14 +32,25 @@ def crisis():
 
 
 class Run:
-    """A sharded run, kept in pieces: runner, padded carries, unpadded result."""
+    """A sharded run, kept in pieces: runner, padded carries, unpadded results.
 
-    def __init__(self, params, scenario, devices, n=N, dtype=jnp.float64):
+    ``one_call``: the result comes from ``sharded_rollout`` itself (its donated chunk);
+    otherwise from the runner's init and (undonated) chunk, keeping both carries.
+    """
+
+    def __init__(self, params, scenario, devices, n=N, dtype=jnp.float64, one_call=False):
         self.params, self.scenario = params, scenario
         mesh = region_mesh(jax.devices()[:devices])
-        # The runner cache of sharded_rollout, so the one-call test reuses the compilation.
+        # The runner cache of sharded_rollout, so one-call runs reuse its compilations.
         self.runner = rollout_runner(params, n, mesh, record=True, dtype=dtype)
         self.carry0 = self.runner.init(params, scenario, KEY)
+        if one_call:
+            res = sharded_rollout(params, scenario, KEY, n, T, mesh=mesh, dtype=dtype,
+                                  record=True)
+            self.carry = self.final = res.final
+            self.records = (res.decisions, res.telemetry, res.events)
+            self.metrics = res.metrics.to_dict()
+            return
         self.carry, records = self.runner.chunk(params, scenario, self.carry0, T)
         self.final = self.runner.unpad(self.carry)
         self.records = self.runner.unpad(records)
@@ -58,7 +69,7 @@ def region_runs(crisis):
 @pytest.fixture(scope="module")
 def global_runs(crisis):
     params = NarsetParams(budget="global", pool=0.6, beta=0.8)  # a pool that binds
-    return {d: Run(params, crisis, d, n=N_GLOBAL) for d in (1, 4)}
+    return {d: Run(params, crisis, d, n=N_GLOBAL, one_call=d == 4) for d in (1, 4)}
 
 
 def test_mesh_specs_and_padding():
@@ -128,7 +139,9 @@ def test_no_gather_of_region_state_inside_the_scan(region_runs, global_runs, bud
     """The compiled scan body never gathers per-region state. Per-region pools: no
     collective at all in the loop. Global pool: only all-reduces (the multiplier's sums)."""
     run = (region_runs if budget == "region" else global_runs)[4]
-    hlo = run.runner.lower_chunk(run.params, run.scenario, run.carry0, T).compile().as_text()
+    donate = budget == "global"  # the one-call run donates its carry
+    low = run.runner.lower_chunk(run.params, run.scenario, run.carry0, T, donate=donate)
+    hlo = low.compile().as_text()
     counts = collectives(hlo)
     loop = counts["in_loop"]
     assert loop["all-gather"] == loop["all-to-all"] == loop["collective-permute"] == 0
@@ -165,15 +178,11 @@ ENTRY %main (x: f32[4]) -> f32[4] {
     assert counts["total"]["all-reduce"] == 2
 
 
-def test_sharded_rollout_one_call(crisis, global_runs):
-    params = global_runs[4].params
-    res = sharded_rollout(params, crisis, KEY, N_GLOBAL, T, mesh=region_mesh(),
-                          dtype=jnp.float64, record=True)
-    assert res.final.sim.health.shape == (N_GLOBAL,)
-    assert res.final.sim.health.sharding.spec == P(AXIS)
-    assert res.metrics.to_dict() == global_runs[4].metrics
+def test_sharded_rollout_checks_its_arguments(crisis):
     with pytest.raises(ValueError, match="n_steps"):
-        sharded_rollout(params, crisis, KEY, 64, 0)
+        sharded_rollout(NarsetParams(), crisis, KEY, 64, 0)
+    with pytest.raises(ValueError, match="n_regions"):
+        sharded_rollout(NarsetParams(), crisis, KEY, 0, 3)
 
 
 def test_per_window_steps_match_simulate_loop(crisis, region_runs):

@@ -243,3 +243,38 @@ def test_history_round_trip():
     h = tune.History(loss=[1.0], grad_norm=[2.0], temp_factor=[1.0], finite=[True],
                      objective=[[1.0]], seconds=[0.5])
     assert tune.History.from_dict(json.loads(json.dumps(h.to_dict()))) == h
+
+
+@pytest.mark.parametrize("window", [1, 3, 4, 10, 12])
+def test_truncated_scan_gradient_on_a_linear_recurrence(window):
+    """``x_t = a x_{t-1} + theta``, loss ``sum_t x_t`` over ``T = 10`` steps. With the
+    carry stopped at chunk starts ``s``, ``d x_t / d theta = sum_{j < t - s} a^j``; the
+    forward pass is the untruncated one exactly, and non-float leaves pass through."""
+    T, a = 10, 0.9
+
+    def loss(theta, truncated):
+        def chunk(c, n):  # the parameter is closed over, never part of the carry
+            def body(c, _):
+                x = a * c["x"] + theta
+                return {"x": x, "acc": c["acc"] + x, "t": c["t"] + 1, "flag": ~c["flag"]}, None
+
+            return jax.lax.scan(body, c, None, length=n)[0]
+
+        c = {"x": jnp.asarray(0.5), "acc": jnp.asarray(0.0), "t": jnp.asarray(0, jnp.int32),
+             "flag": jnp.asarray(False)}
+        c = tune.truncated_scan(chunk, c, T, window) if truncated else chunk(c, T)
+        return c["acc"], c
+
+    (v_full, c_full), g_full = jax.value_and_grad(loss, has_aux=True)(1.0, False)
+    (v_trunc, c_trunc), g_trunc = jax.value_and_grad(loss, has_aux=True)(1.0, True)
+    assert float(v_trunc) == float(v_full)
+    assert int(c_trunc["t"]) == T and bool(c_trunc["flag"]) == bool(c_full["flag"])
+    start = lambda t: (t - 1) // window * window  # noqa: E731 - the chunk holding step t
+    expected = sum(sum(a**j for j in range(t - start(t))) for t in range(1, T + 1))
+    assert float(g_trunc) == pytest.approx(expected, rel=1e-12)
+    full = sum(sum(a**j for j in range(t)) for t in range(1, T + 1))
+    assert float(g_full) == pytest.approx(full, rel=1e-12)
+    if window >= T:
+        assert float(g_trunc) == pytest.approx(float(g_full), rel=1e-14)
+    else:
+        assert float(g_trunc) < float(g_full)
