@@ -27,8 +27,10 @@ __all__ = [
     "DeviceError",
     "DeviceSetup",
     "add_device_args",
+    "env_for_host_devices",
     "initialize",
     "parse_device_counts",
+    "pick_devices",
     "setup_devices",
 ]
 
