@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from narset_jax._config import check_range, plain_leaves, read_toml, reject_unknown
+from narset_jax._config import interval as _interval
 from narset_jax.errors import UserError
 
 COSTS = ("seed", "convex")
@@ -141,13 +142,6 @@ _ORDERED = (
 )
 
 _STATIC = {"cost": COSTS, "budget": BUDGETS, "hysteresis": HYSTERESES}
-
-
-def _interval(lo, lo_open, hi, hi_open) -> str:
-    left = "(" if lo_open or lo is None else "["
-    right = ")" if hi_open or hi is None else "]"
-    fmt = lambda v, inf: inf if v is None else f"{v:g}"  # noqa: E731
-    return f"{left}{fmt(lo, '-inf')}, {fmt(hi, 'inf')}{right}"
 
 
 def _fmt(v) -> str:
@@ -288,27 +282,11 @@ class NarsetParams(eqx.Module):
                 choices = " | ".join(repr(a) for a in allowed)
                 raise ParamsError(f"NarsetParams.{name} must be one of {choices}, got {value!r}")
         values = {}
-        for name, (lo, lo_open, hi, hi_open) in _RANGES.items():
+        for name, bounds in _RANGES.items():
             value = getattr(self, name)
             if not _concrete(value):
                 continue
-            if not (
-                isinstance(value, jax.Array | np.ndarray)
-                and np.issubdtype(np.asarray(value).dtype, np.floating)
-            ):
-                raise ParamsError(f"NarsetParams.{name} must be a number, got {value!r}")
-            arr = np.asarray(value, dtype=np.float64)
-            ok = np.isfinite(arr)
-            if lo is not None:
-                ok &= (arr > lo) if lo_open else (arr >= lo)
-            if hi is not None:
-                ok &= (arr < hi) if hi_open else (arr <= hi)
-            if not np.all(ok):
-                bad = arr[~ok].ravel()[0] if arr.ndim else arr
-                raise ParamsError(
-                    f"NarsetParams.{name} must be in {_interval(lo, lo_open, hi, hi_open)}, "
-                    f"got {_fmt(bad)}"
-                )
+            arr = check_range("NarsetParams", name, value, bounds, ParamsError)
             values[name] = arr
         for low, high in _ORDERED:
             if low in values and high in values and not np.all(values[low] < values[high]):
@@ -349,9 +327,8 @@ class NarsetParams(eqx.Module):
 
     def replace(self, **changes) -> NarsetParams:
         """A copy with some fields changed, validated again."""
-        unknown = sorted(set(changes) - set(self.tunable_names()) - set(_STATIC))
-        if unknown:
-            raise ParamsError(f"unknown NarsetParams field(s): {', '.join(unknown)}")
+        known = (*self.tunable_names(), *_STATIC)
+        reject_unknown(changes, known, ParamsError, "unknown NarsetParams field(s)")
         return dataclasses.replace(self, **changes)
 
     def astype(self, dtype) -> NarsetParams:
@@ -360,12 +337,7 @@ class NarsetParams(eqx.Module):
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values: floats (or nested lists for stacked params) and strings."""
-        out: dict[str, Any] = {}
-        for name in self.tunable_names():
-            arr = np.asarray(getattr(self, name))
-            # ``str`` of a numpy scalar is its shortest round-tripping repr in its own dtype.
-            flat = np.array([float(str(v)) for v in arr.reshape(-1)]).reshape(arr.shape)
-            out[name] = float(flat) if arr.ndim == 0 else flat.tolist()
+        out = plain_leaves(self, self.tunable_names())
         for name in _STATIC:
             out[name] = getattr(self, name)
         return out
@@ -382,10 +354,8 @@ class NarsetParams(eqx.Module):
         **Raises:** [`narset_jax.params.ParamsError`][] naming unknown keys or a bad value.
         """
         where = f"{source}: " if source else ""
-        known = set(cls.tunable_names()) | set(_STATIC)
-        unknown = sorted(str(k) for k in data if k not in known)
-        if unknown:
-            raise ParamsError(f"{where}unknown NarsetParams key(s): {', '.join(unknown)}")
+        known = (*cls.tunable_names(), *_STATIC)
+        reject_unknown(data, known, ParamsError, f"{where}unknown NarsetParams key(s)")
         kwargs = {}
         for key, value in data.items():
             if key in _STATIC:
@@ -407,14 +377,7 @@ class NarsetParams(eqx.Module):
         malformed TOML, the line and column; unknown keys are named.
         """
         path = os.fspath(path)
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except OSError as err:
-            raise ParamsError(f"{path}: cannot read params: {err.strerror or err}") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ParamsError(f"{path}: malformed TOML: {err}") from None
-        return cls.from_dict(data, source=path)
+        return cls.from_dict(read_toml(path, ParamsError, "params"), source=path)
 
     def to_toml(self) -> str:
         """TOML text that [`narset_jax.NarsetParams.from_toml`][] reads back to equal params."""

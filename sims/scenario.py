@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from narset_jax._config import check_range, plain_leaves, read_toml, reject_unknown
 from narset_jax.errors import UserError
 
 __all__ = [
@@ -140,13 +140,6 @@ _RANGES: dict[str, tuple] = {
 }
 
 
-def _interval(lo, lo_open, hi, hi_open) -> str:
-    left = "(" if lo_open or lo is None else "["
-    right = ")" if hi_open or hi is None else "]"
-    fmt = lambda v, inf: inf if v is None else f"{v:g}"  # noqa: E731
-    return f"{left}{fmt(lo, '-inf')}, {fmt(hi, 'inf')}{right}"
-
-
 class Scenario(eqx.Module):
     """A simulated ecology's parameters (float leaves) and metadata (static).
 
@@ -253,27 +246,11 @@ class Scenario(eqx.Module):
         if self.budget is not None and self.budget not in _BUDGETS:
             choices = " | ".join(repr(b) for b in _BUDGETS)
             raise ScenarioError(f"Scenario.budget must be one of {choices}, got {self.budget!r}")
-        for name, (lo, lo_open, hi, hi_open) in _RANGES.items():
+        for name, bounds in _RANGES.items():
             value = getattr(self, name)
             if isinstance(value, jax.core.Tracer):
                 continue
-            if not (
-                isinstance(value, jax.Array | np.ndarray)
-                and np.issubdtype(np.asarray(value).dtype, np.floating)
-            ):
-                raise ScenarioError(f"Scenario.{name} must be a number, got {value!r}")
-            arr = np.asarray(value, dtype=np.float64)
-            ok = np.isfinite(arr)
-            if lo is not None:
-                ok &= (arr > lo) if lo_open else (arr >= lo)
-            if hi is not None:
-                ok &= (arr < hi) if hi_open else (arr <= hi)
-            if not np.all(ok):
-                bad = arr[~ok].ravel()[0] if arr.ndim else arr
-                raise ScenarioError(
-                    f"Scenario.{name} must be in {_interval(lo, lo_open, hi, hi_open)}, "
-                    f"got {float(bad):g}"
-                )
+            check_range("Scenario", name, value, bounds, ScenarioError)
 
     @classmethod
     def float_names(cls) -> tuple[str, ...]:
@@ -282,9 +259,8 @@ class Scenario(eqx.Module):
 
     def replace(self, **changes) -> Scenario:
         """A copy with some fields changed (validated again when concrete)."""
-        unknown = sorted(set(changes) - set(self.float_names()) - set(_META))
-        if unknown:
-            raise ScenarioError(f"unknown Scenario field(s): {', '.join(unknown)}")
+        known = (*self.float_names(), *_META)
+        reject_unknown(changes, known, ScenarioError, "unknown Scenario field(s)")
         return dataclasses.replace(self, **changes)
 
     def astype(self, dtype) -> Scenario:
@@ -293,11 +269,7 @@ class Scenario(eqx.Module):
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values: floats (nested lists for stacked scenarios) and the metadata."""
-        out: dict[str, Any] = {}
-        for name in self.float_names():
-            arr = np.asarray(getattr(self, name))
-            flat = np.array([float(str(v)) for v in arr.reshape(-1)]).reshape(arr.shape)
-            out[name] = float(flat) if arr.ndim == 0 else flat.tolist()
+        out = plain_leaves(self, self.float_names())
         for name in _META:
             out[name] = getattr(self, name)
         return out
@@ -323,10 +295,8 @@ class Scenario(eqx.Module):
         """
         where = f"{source}: " if source else ""
         data = dict(data)
-        known = set(cls.float_names()) | set(_META) | {"base"}
-        unknown = sorted(str(k) for k in data if k not in known)
-        if unknown:
-            raise ScenarioError(f"{where}unknown scenario key(s): {', '.join(unknown)}")
+        known = (*cls.float_names(), *_META, "base")
+        reject_unknown(data, known, ScenarioError, f"{where}unknown scenario key(s)")
         kwargs: dict[str, Any] = {}
         base = data.pop("base", None)
         if base is not None:
@@ -351,13 +321,7 @@ class Scenario(eqx.Module):
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except OSError as err:
-        raise ScenarioError(f"{path}: cannot read scenario: {err.strerror or err}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ScenarioError(f"{path}: malformed TOML: {err}") from None
+    return read_toml(path, ScenarioError, "scenario")
 
 
 def load_scenario(name_or_path) -> Scenario:
