@@ -11,6 +11,7 @@ identical results, so a caller can write each chunk's records and keep memory fl
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Any
 
@@ -211,13 +212,40 @@ def rollout_chunk(
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps <= 0:
         raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
 
+    # Per-region constants are closed over instead of carried: a carried array is copied
+    # every window, and a gradient saves it once per window as a residual.
+    consts, moving = _split_constants(carry)
+
     def body(c, _):
-        c, out = _window(params, scenario, controller, c)
-        return c, (out if record else None)
+        c, out = _window(params, scenario, controller, _join_constants(consts, c))
+        return _split_constants(c)[1], (out if record else None)
 
     if checkpoint:
         body = jax.checkpoint(body)
-    return jax.lax.scan(body, carry, None, length=n_steps)
+    moving, records = jax.lax.scan(body, moving, None, length=n_steps)
+    return _join_constants(consts, moving), records
+
+
+# SimState and NarsetState fields that no window changes (ids, key words, traits).
+_SIM_CONSTANTS = (
+    "region", "k0", "k1", "g0", "g1", "lr", "fragility", "noise_mult", "scale",
+    "bloat_prop", "spoof_u", "pos", "loss0",
+)
+
+
+def _split_constants(carry: RolloutCarry):
+    """``(constants, carry without them)``: the removed fields are ``None`` in the carry."""
+    consts = {k: getattr(carry.sim, k) for k in _SIM_CONSTANTS}, carry.ctl.region
+    sim = dataclasses.replace(carry.sim, **dict.fromkeys(_SIM_CONSTANTS))
+    ctl = dataclasses.replace(carry.ctl, region=None)
+    return consts, dataclasses.replace(carry, sim=sim, ctl=ctl)
+
+
+def _join_constants(consts, carry: RolloutCarry) -> RolloutCarry:
+    sim_consts, region = consts
+    sim = dataclasses.replace(carry.sim, **sim_consts)
+    ctl = dataclasses.replace(carry.ctl, region=region)
+    return dataclasses.replace(carry, sim=sim, ctl=ctl)
 
 
 def _pool(params: NarsetParams, dtype):
