@@ -166,11 +166,22 @@ def _backends_started() -> bool:
         return False
 
 
+def _forced_host_devices() -> int | None:
+    """The host device count that ``XLA_FLAGS`` forces, if it does."""
+    for flag in os.environ.get("XLA_FLAGS", "").split():
+        name, _, value = flag.partition("=")
+        if name.lstrip("-") == "xla_force_host_platform_device_count" and value.isdigit():
+            return int(value)
+    return None
+
+
 def _configure_cpu(n: int | None) -> None:
-    """Ask for ``n`` host CPU devices, if the backend has not started yet."""
+    """Ask for ``n`` host CPU devices, if the backend has not started yet and ``XLA_FLAGS``
+    does not already choose a count (``jax_num_cpu_devices`` would override it, and a
+    test session that forces 4 devices must keep them for every test)."""
     import jax
 
-    if n is None or _backends_started():
+    if n is None or _backends_started() or _forced_host_devices() is not None:
         return
     try:
         jax.config.update("jax_num_cpu_devices", int(n))
@@ -183,8 +194,8 @@ def setup_devices(args: argparse.Namespace) -> DeviceSetup:
 
     - Multi-process flags present: ``jax.distributed.initialize`` with gloo on CPU.
     - On CPU, ``max(--devices)`` host devices are created per process (when the backend has
-      not started yet; otherwise the devices already there must suffice, as in tests where
-      ``XLA_FLAGS=--xla_force_host_platform_device_count`` is set).
+      not started yet and ``XLA_FLAGS=--xla_force_host_platform_device_count`` does not
+      choose a count; otherwise the devices already there must suffice, as in tests).
 
     **Returns:** a [`narset_jax.distributed.DeviceSetup`][].
 
@@ -210,10 +221,12 @@ def setup_devices(args: argparse.Namespace) -> DeviceSetup:
     if len(local) < need:
         hint = ""
         if jax.default_backend() == "cpu":
-            hint = (
-                " (the CPU backend had already started; set "
-                f"XLA_FLAGS=--xla_force_host_platform_device_count={need})"
+            why = (
+                "XLA_FLAGS chooses the host device count"
+                if _forced_host_devices() is not None
+                else "the CPU backend had already started"
             )
+            hint = f" ({why}; set XLA_FLAGS=--xla_force_host_platform_device_count={need})"
         raise DeviceError(
             f"--devices {need} needs {need} local devices, found {len(local)}{hint}"
         )

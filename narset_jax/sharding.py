@@ -133,7 +133,7 @@ class ShardedRollout:
     - ``controller`` / ``advance``: the two per-window steps that ``narset simulate`` runs
       (the controller as its own jitted step, then ``sims.rollout.advance``);
     - ``to_host``: per-region results as NumPy, padding dropped, gathered from every
-      process.
+      process; ``from_host``, the way back.
 
     Static configuration (sizes, mesh, controller, flags, dtype, budget mode) is fixed at
     construction; params, scenario, key and carry are traced arguments, so new values never
@@ -363,6 +363,26 @@ class ShardedRollout:
             return x
 
         return jax.tree.map(get, tree)
+
+    def from_host(self, tree):
+        """The inverse of ``to_host``: per-region NumPy arrays (``[..., n_regions]``, all
+        regions, the same on every process) as global arrays sharded along regions, padded
+        to ``n_padded`` by repeating the last region (padding regions are simulated and
+        dropped). Other leaves come back replicated. Each process copies only its own
+        shards; there is no communication."""
+
+        def put(x):
+            x = np.asarray(x)
+            if x.ndim and x.shape[-1] == self.n_regions:
+                if self.n_padded != self.n_regions:
+                    pad = [(0, 0)] * (x.ndim - 1) + [(0, self.n_padded - self.n_regions)]
+                    x = np.pad(x, pad, mode="edge")
+                sharding = region_sharding(self.mesh, x.ndim)
+            else:
+                sharding = self._replicated
+            return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+        return jax.tree.map(put, tree)
 
     def run(self, params, scenario, key, n_steps: int, *, exact_metrics: bool = True):
         """The whole rollout; see [`narset_jax.sharding.sharded_rollout`][]."""

@@ -163,3 +163,21 @@ def test_budget_mode_comes_from_flag_then_file_then_scenario(tmp_path):
 def test_replay_of_a_missing_log(tmp_path, capsys):
     assert main(["replay", str(tmp_path / "none")]) == 2
     assert "no such decision-log directory" in capsys.readouterr().err
+
+
+def test_float64_is_really_float64_outside_x64_sessions(tmp_path, capsys):
+    """``--dtype float64`` must switch JAX's 64-bit mode on (the suite runs with it on, a
+    user's shell does not); replay must do the same for a float64 log."""
+    import jax
+
+    out = tmp_path / "f64"
+    jax.config.update("jax_enable_x64", False)
+    try:
+        assert main(["simulate", "--out", str(out), "--dtype", "float64", "--no-plots",
+                     "--regions", "3", "--steps", "2", "--no-progress"]) == 0
+        assert pq.read_table(out / "decisions").schema.field("x_T").type == pa.float64()
+        jax.config.update("jax_enable_x64", False)
+        assert main(["replay", str(out), "--no-progress"]) == 0
+        assert "every decision matches bit for bit" in capsys.readouterr().out
+    finally:
+        jax.config.update("jax_enable_x64", True)

@@ -57,6 +57,10 @@ def run(args) -> int:
     from narset_jax.decision_log import read_decision_log, replay
 
     log = read_decision_log(args.dir, allow_partial=args.allow_partial)
+    if log.manifest.get("dtype") == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)  # else JAX silently computes in float32
     params = None
     if args.params:
         from narset_jax.params import NarsetParams

@@ -2,6 +2,7 @@
 
     narset simulate --scenario NAME --regions N --steps T --seed S --out DIR
                     [--params FILE] [--controller C] [--budget B] [--json PATH]
+                    [--devices D] [--coordinator HOST:PORT --num-processes P --process-id I]
 
 Writes to ``DIR``: the decision log (``decisions/part-*.parquet``, one row per region and
 window, and ``manifest.json``, written last; see ``narset_jax.decision_log``),
@@ -12,11 +13,27 @@ The controller runs as its own jitted step, window by window, exactly as replay 
 the ecology runs as a second jitted step. (Fused into one program, XLA may contract
 multiply-adds differently and change the last bit of a decision.) Log parts are written
 every ``--chunk`` windows, so memory stays flat.
+
+``--devices D`` shards the regions over ``D`` local devices (per process); with
+``--coordinator HOST:PORT --num-processes P --process-id I`` on every process, over all
+processes' devices (``jax.distributed``, gloo on CPU). Process 0 prints and writes the
+files. The decisions, the log and the summary are bitwise those of a one-device run, for
+every budget mode, so ``narset replay`` verifies a sharded run's log as it does any other:
+
+- per-region pools (``region``, ``fixed_sum``): both steps run sharded
+  (``ShardedRollout.controller`` and ``.advance``, under ``shard_map``), and are the same
+  programs, block by block, as the one-device steps;
+- the global pool: its multiplier is a sum over every region, and a sum split over devices
+  rounds differently from replay's one-device sum. So each window the telemetry (which the
+  log holds anyway) is gathered and the controller runs as replay's own jitted step, on
+  all regions, on one device of each process; the decisions are sharded back for the
+  ecology, which stays sharded. See ``docs/scaling.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import math
 import sys
@@ -59,6 +76,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", metavar="PATH", help="also write the summary here")
+    from narset_jax.distributed import add_device_args
+
+    add_device_args(p)
     p.set_defaults(run=run)
     return p
 
@@ -114,6 +134,15 @@ def run(args) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
 
+    from narset_jax.distributed import setup_devices
+
+    # Devices and processes before anything touches a JAX backend.
+    setup = setup_devices(args)
+    if args.dtype == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)  # else JAX silently computes in float32
+
     from sims.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
@@ -132,15 +161,21 @@ def run(args) -> int:
         plots=not args.no_plots,
         progress=not args.no_progress,
         params_file=args.params,
+        setup=setup,
     )
+    if not setup.is_main:
+        return 0
     from narset_jax.atomic import write_json
 
     if args.json:
         write_json(args.json, summary)
     m = summary["metrics"]
+    where = f" on {summary['devices']} devices" if summary["devices"] > 1 else ""
+    if summary["processes"] > 1:
+        where += f", {summary['processes']} processes"
     print(
-        f"narset simulate: {scenario.name}, {args.controller}, {n} regions x {steps} windows "
-        f"in {summary['wall_seconds']:.1f} s; objective {summary['objective']:.3f} "
+        f"narset simulate: {scenario.name}, {args.controller}, {n} regions x {steps} windows"
+        f"{where} in {summary['wall_seconds']:.1f} s; objective {summary['objective']:.3f} "
         f"(progress {m['progress']:.3f}, flap {m['flap_rate']:.2f}, "
         f"rollbacks {m['rollbacks']:.2f}, unsafe lysis {m['unsafe_lysis']:.2f} per 100)"
     )
@@ -166,9 +201,15 @@ def simulate(
     plots: bool = True,
     progress: bool = True,
     params_file: str | None = None,
+    setup=None,
 ) -> dict:
     """Run the simulation, writing the log, summary and plots to ``out``; returns the
-    summary. A ``KeyboardInterrupt`` leaves a log marked partial and propagates."""
+    summary. A ``KeyboardInterrupt`` leaves a log marked partial and propagates.
+
+    ``setup``: a [`narset_jax.distributed.DeviceSetup`][] (default: one device, one
+    process). With several devices the regions are sharded over them; in a multi-process
+    run every process calls this, and only process 0 writes files (every process returns
+    the same summary)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -176,16 +217,19 @@ def simulate(
 
     import sims
     from narset_jax.atomic import write_json
-    from narset_jax.decision_log import DecisionLogWriter, jitted_step
-    from sims.baselines import step_fn
+    from narset_jax.decision_log import DecisionLogWriter
 
     jdtype = jnp.dtype(dtype).type
-    sc = scenario.without_metadata()
+    main = setup is None or setup.is_main
+    n_devices = 1 if setup is None else len(setup.devices)
+    n_processes = 1 if setup is None else setup.num_processes
     key = jax.random.key(seed)
     t0 = time.perf_counter()
-    ctl_step = jitted_step(step_fn(controller))
-    eco_step, metrics_fn, init, stack = _compiled()
-    carry = init(params, sc, key, n_regions, dtype=jdtype)
+    if n_devices == 1:
+        loop = _OneDevice(params, scenario, controller, n_regions, jdtype)
+    else:
+        loop = _Sharded(params, scenario, controller, n_regions, jdtype, setup.devices)
+    carry = loop.init(key)
 
     k = min(sample_regions, n_regions)
     sample = np.unique(np.linspace(0, n_regions - 1, k).round().astype(int)) if k else []
@@ -202,14 +246,19 @@ def simulate(
         "chunk": chunk,
         "dtype": dtype,
         "params_file": params_file,
+        "devices": n_devices,
+        "processes": n_processes,
     }
     bar = tqdm(total=n_steps, unit="window", desc=f"simulate {scenario.name}",
-               disable=not progress, file=sys.stderr, leave=False)
+               disable=not (progress and main), file=sys.stderr, leave=False)
     buffer: list = []
 
     def flush(writer):
-        d, health = jax.device_get(stack(buffer))
-        cols = d.columns()
+        # Every process gathers (a collective in a multi-process run); process 0 writes.
+        cols, health = loop.collect(buffer)
+        buffer.clear()
+        if writer is None:
+            return
         writer.write(cols)
         for name in track:
             track[name].append(np.asarray(cols[name])[:, sample])
@@ -217,20 +266,23 @@ def simulate(
         means["mean x_E"].append(cols["x_E"].mean(axis=1))
         means["repair share"].append(cols["mode_weight"].mean(axis=1))
         means["health"].append(health.mean(axis=1))
-        buffer.clear()
 
-    try:
-        with DecisionLogWriter(
+    log = (
+        DecisionLogWriter(
             out, params=params, n_regions=n_regions, dtype=dtype, config=config, seed=seed
-        ) as writer:
+        )
+        if main
+        else contextlib.nullcontext()
+    )
+    try:
+        with log as writer:
             for t in range(n_steps):
-                ctl, d = ctl_step(params, carry.ctl, carry.telemetry)
-                carry, (_, _, ev) = eco_step(params, sc, carry, ctl, d)
-                buffer.append((d, ev.health))
+                carry, record = loop.window(carry)
+                buffer.append(record)
                 if len(buffer) == chunk or t == n_steps - 1:
                     flush(writer)
                 bar.update(1)
-            metrics = metrics_fn(params, sc, carry)
+            metrics = loop.metrics(carry)
             jax.block_until_ready(metrics)
     finally:
         bar.close()
@@ -238,11 +290,11 @@ def simulate(
 
     m = metrics.to_dict()
     objective = float(sims.objective(metrics))
+    switches = loop.switches(carry)
     outputs = {"log": "decisions/", "manifest": "manifest.json", "summary": "summary.json"}
-    if plots:
+    if plots and main:
         outputs["plots"] = _plots(
-            out, scenario, controller, params, sample, track, means,
-            np.asarray(carry.acc.switches), n_steps,
+            out, scenario, controller, params, sample, track, means, switches, n_steps,
         )
     summary = {
         "scenario": scenario.name,
@@ -252,6 +304,8 @@ def simulate(
         "steps": n_steps,
         "seed": seed,
         "dtype": dtype,
+        "devices": n_devices,
+        "processes": n_processes,
         "metrics": m,
         "objective": objective,
         "weights": sims.DEFAULT_WEIGHTS.to_dict(),
@@ -259,8 +313,113 @@ def simulate(
         "region_windows_per_second": n_regions * n_steps / wall,
         "outputs": outputs,
     }
-    write_json(out / "summary.json", summary)
+    if main:
+        write_json(out / "summary.json", summary)
     return summary
+
+
+class _OneDevice:
+    """One device, one process: the controller as replay's jitted step, then the ecology
+    as a second jitted step."""
+
+    def __init__(self, params, scenario, controller, n_regions, jdtype):
+        from narset_jax.decision_log import jitted_step
+        from sims.baselines import step_fn
+
+        self.params, self.sc = params, scenario.without_metadata()
+        self.n_regions, self.jdtype = n_regions, jdtype
+        self.ctl_step = jitted_step(step_fn(controller))
+        self.eco_step, self.metrics_fn, self.init_fn, self.stack = _compiled()
+
+    def init(self, key):
+        return self.init_fn(self.params, self.sc, key, self.n_regions, dtype=self.jdtype)
+
+    def window(self, carry):
+        ctl, d = self.ctl_step(self.params, carry.ctl, carry.telemetry)
+        carry, (_, _, ev) = self.eco_step(self.params, self.sc, carry, ctl, d)
+        return carry, (d, ev.health)
+
+    def collect(self, buffer):
+        import jax
+
+        d, health = jax.device_get(self.stack(buffer))
+        return d.columns(), health
+
+    def metrics(self, carry):
+        return self.metrics_fn(self.params, self.sc, carry)
+
+    def switches(self, carry):
+        import numpy as np
+
+        return np.asarray(carry.acc.switches)
+
+
+class _Sharded:
+    """Regions sharded over ``devices`` (every process's), with
+    [`narset_jax.sharding.ShardedRollout`][]'s per-window steps; see the module docstring
+    for the global pool, whose controller runs gathered, as replay runs it."""
+
+    def __init__(self, params, scenario, controller, n_regions, jdtype, devices):
+        from narset_jax.decision_log import jitted_step
+        from narset_jax.sharding import region_mesh, rollout_runner
+        from sims.baselines import step_fn
+
+        self.params, self.scenario = params, scenario
+        self.gathered = params.budget == "global"
+        # The ecology is per region whatever the budget mode, so it always takes the
+        # shard_map path (which also pads N to a multiple of the device count).
+        self.runner = rollout_runner(
+            params.replace(budget="region") if self.gathered else params,
+            n_regions,
+            region_mesh(devices),
+            controller=controller,
+            dtype=jdtype,
+        )
+        self.ctl_step = jitted_step(step_fn(controller))
+        self.stack = _compiled()[3]
+        self.ctl = None
+
+    def init(self, key):
+        import jax
+        import jax.numpy as jnp
+
+        carry = self.runner.init(self.params, self.scenario, key)
+        if self.gathered:
+            # The controller's state lives whole on this process's default device.
+            self.ctl = jax.tree.map(jnp.asarray, self.runner.to_host(carry.ctl))
+        return carry
+
+    def window(self, carry):
+        import jax
+        import jax.numpy as jnp
+
+        p, r = self.params, self.runner
+        if not self.gathered:
+            ctl, d = r.controller(p, carry.ctl, carry.telemetry)
+            carry, (_, _, ev) = r.advance(p, self.scenario, carry, ctl, d)
+            return carry, (d, ev.health)
+        tel = jax.tree.map(jnp.asarray, r.to_host(carry.telemetry))
+        self.ctl, d = self.ctl_step(p, self.ctl, tel)
+        # The ecology never reads the controller's state: the carry keeps its initial
+        # one, and self.ctl is the controller's.
+        carry, (_, _, ev) = r.advance(p, self.scenario, carry, carry.ctl, r.from_host(d))
+        return carry, (d, ev.health)
+
+    def collect(self, buffer):
+        import jax
+
+        if not self.gathered:
+            d, health = self.runner.to_host(self.stack(buffer))
+        else:
+            d = jax.device_get(self.stack([b[0] for b in buffer]))
+            health = self.runner.to_host(self.stack([b[1] for b in buffer]))
+        return d.columns(), health
+
+    def metrics(self, carry):
+        return self.runner.metrics(self.params, self.scenario, carry)
+
+    def switches(self, carry):
+        return self.runner.to_host(carry.acc.switches)
 
 
 @functools.lru_cache(maxsize=1)
