@@ -12,6 +12,11 @@ The numerical core of ``narset tune``, free of I/O:
   ``"straight_through"`` hysteresis, optionally ``jax.checkpoint``-ed per window and
   optionally truncated into windows of ``truncate`` steps
   ([`narset_jax.tune.batch_loss`][]).
+- **Budget modes.** Every rollout (training, random search, evaluation) runs with its
+  scenario's recommended budget mode, as ``narset simulate`` does without ``--budget``,
+  unless one mode is fixed for all ([`narset_jax.tune.scenario_params`][]). The budget
+  mode is static, so a training batch is split into one vmapped group per mode and the
+  groups' losses are summed ([`narset_jax.tune.budget_groups`][]).
 - **Training.** optax adam after clipping by global norm, a fresh batch of seeds each
   iteration, optional temperature annealing ([`narset_jax.tune.train`][]).
 - **Random search** with the same number of rollouts, and **evaluation** with the hard
@@ -41,18 +46,22 @@ from narset_jax.params import NarsetParams
 __all__ = [
     "TUNED",
     "TEMPERATURES",
+    "BudgetGroup",
     "TuneConfig",
     "TrainState",
     "History",
     "anneal_factor",
     "batch_keys",
     "batch_loss",
+    "budget_groups",
     "evaluate",
     "from_params",
+    "grouped_loss_and_grad",
     "loss_and_grad",
     "make_optimizer",
     "random_search",
     "run_keys",
+    "scenario_params",
     "stack_scenarios",
     "t_interval",
     "to_params",
@@ -120,7 +129,6 @@ stays at the base params' values."""
 
 TEMPERATURES = ("temp_need", "temp_dwell", "temp_plateau")
 """The controller's relaxation temperatures, multiplied by the annealing factor."""
-
 
 
 def _softplus_inv(y):
@@ -261,6 +269,64 @@ def stack_scenarios(scenarios: Sequence[sims.Scenario]) -> sims.Scenario:
     return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *scenarios)
 
 
+def scenario_params(
+    params: NarsetParams, scenario: sims.Scenario, budget: str | None = None
+) -> NarsetParams:
+    """The params a rollout of ``scenario`` runs with: ``params`` with ``budget`` if one is
+    given, else with the scenario's recommended budget mode
+    (``scenario.recommended_params(params)``), else unchanged.
+
+    This is ``narset simulate``'s rule without ``--budget``: a params file that sets
+    ``budget`` fixes it (the CLI passes it as ``budget``); otherwise the scenario decides
+    (``spoofing`` recommends the global pool), and a scenario without a recommendation
+    keeps ``params.budget``. Training, random search and evaluation all use it, so every
+    controller is trained and judged on a scenario under the same budget mode.
+    """
+    if budget is not None:
+        return params.replace(budget=budget)
+    return scenario.recommended_params(params)
+
+
+class BudgetGroup(NamedTuple):
+    """The training scenarios that share a budget mode (static, so it selects the compiled
+    program): ``params`` (the base params with that mode), ``scenarios`` (stacked to
+    ``[S_g]``, metadata dropped) and ``index`` (their positions in the training list)."""
+
+    params: NarsetParams
+    scenarios: sims.Scenario
+    index: tuple[int, ...]
+
+
+def budget_groups(
+    base: NarsetParams,
+    scenarios: Sequence[sims.Scenario],
+    budget: str | None = None,
+    dtype=None,
+) -> list[BudgetGroup]:
+    """Split training scenarios into groups of one budget mode each (see
+    [`narset_jax.tune.scenario_params`][]), in order of first appearance. Rollouts of
+    different modes are different programs and cannot share one ``vmap``; the training
+    loss runs one ``vmap`` per group and sums them ([`narset_jax.tune.grouped_loss_and_grad`][]).
+
+    **Arguments:** ``base``: the starting params; ``scenarios``: with their metadata (the
+    recommendation is metadata); ``budget``: a mode for every scenario, or ``None``;
+    ``dtype``: cast params and scenarios to it (default: leave them).
+    """
+    if not scenarios:
+        raise ValueError("need at least one scenario")
+    modes: dict[str, list[int]] = {}
+    for i, sc in enumerate(scenarios):
+        modes.setdefault(scenario_params(base, sc, budget).budget, []).append(i)
+    groups = []
+    for mode, index in modes.items():
+        params = base.replace(budget=mode)
+        stacked = stack_scenarios([scenarios[i] for i in index])
+        if dtype is not None:
+            params, stacked = params.astype(dtype), stacked.astype(dtype)
+        groups.append(BudgetGroup(params=params, scenarios=stacked, index=tuple(index)))
+    return groups
+
+
 def _is_float(x) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.floating)
 
@@ -349,6 +415,43 @@ def loss_and_grad(raw, base, scenarios, keys, weights, temp_factor, cfg: TuneCon
         raw, base, scenarios, keys, weights, temp_factor, cfg
     )
     return loss, obj, grad, optax.tree.norm(grad)
+
+
+@jax.jit
+def _combine(weights, losses, grads):
+    """``sum_g w_g loss_g``, ``sum_g w_g grad_g`` and the sum's global norm."""
+    loss = sum(w * v for w, v in zip(weights, losses))
+    grad = jax.tree.map(lambda *gs: sum(w * g for w, g in zip(weights, gs)), *grads)
+    return loss, grad, optax.tree.norm(grad)
+
+
+def grouped_loss_and_grad(raw, groups: Sequence[BudgetGroup], keys, weights, temp_factor,
+                          cfg: TuneConfig):
+    """[`narset_jax.tune.loss_and_grad`][] over training scenarios of several budget modes.
+
+    Each [`narset_jax.tune.BudgetGroup`][] is one ``vmap``-ed call on its own scenarios'
+    rows of ``keys`` (``[S, B]``, in the training list's order); the losses (and gradients)
+    are summed with weights ``S_g / S``, so the loss is the mean objective over all
+    ``S * B`` rollouts, as with a single group. With one group this is exactly
+    ``loss_and_grad``.
+
+    **Returns:** ``(loss, objective [S, B] (NumPy, training order), grad, grad_norm)``.
+    """
+    n_sc = keys.shape[0]
+    parts = [
+        loss_and_grad(raw, g.params, g.scenarios, keys[np.asarray(g.index)], weights,
+                      temp_factor, cfg=cfg)
+        for g in groups
+    ]
+    obj = np.empty(keys.shape, np.float64)
+    for g, part in zip(groups, parts):
+        obj[np.asarray(g.index)] = np.asarray(part[1])
+    if len(parts) == 1:
+        loss, _, grad, gnorm = parts[0]
+        return loss, obj, grad, gnorm
+    w = tuple(jnp.asarray(len(g.index) / n_sc, cfg.jdtype) for g in groups)
+    loss, grad, gnorm = _combine(w, tuple(p[0] for p in parts), tuple(p[2] for p in parts))
+    return loss, obj, grad, gnorm
 
 
 # ---------------------------------------------------------------------------------------
@@ -440,8 +543,7 @@ def _update_fn(optimizer):
 def train_step(
     state: TrainState,
     *,
-    base: NarsetParams,
-    scenarios,
+    groups: Sequence[BudgetGroup],
     weights,
     train_key,
     batch: int,
@@ -451,22 +553,23 @@ def train_step(
 ) -> tuple[TrainState, dict[str, Any]]:
     """One iteration: a fresh batch, the loss and gradient, one optimiser step.
 
+    **Arguments:** ``groups``: the training scenarios split by budget mode
+    ([`narset_jax.tune.budget_groups`][]); the rest as in [`narset_jax.tune.train`][].
+
     **Returns:** ``(new_state, record)`` with the record's ``loss``, ``grad_norm``,
-    ``finite`` and ``objective`` (per scenario).
+    ``finite`` and ``objective`` (per scenario, in the training list's order).
     """
-    n_sc = jax.tree.leaves(scenarios)[0].shape[0]
+    n_sc = sum(len(g.index) for g in groups)
     keys = batch_keys(train_key, state.iteration, n_sc, batch)
     temp = jnp.asarray(temp_factor, cfg.jdtype)
-    loss, obj, grad, gnorm = loss_and_grad(
-        state.raw, base, scenarios, keys, weights, temp, cfg=cfg
-    )
+    loss, obj, grad, gnorm = grouped_loss_and_grad(state.raw, groups, keys, weights, temp, cfg)
     raw, opt_state = update(state.raw, state.opt_state, grad)
     finite = bool(jnp.isfinite(gnorm))
     record = {
         "loss": float(loss),
         "grad_norm": float(gnorm),
         "finite": finite,
-        "objective": [float(v) for v in np.asarray(jnp.mean(obj, axis=1))],
+        "objective": [float(v) for v in np.mean(obj, axis=1)],
     }
     return TrainState(raw=raw, opt_state=opt_state, iteration=state.iteration + 1), record
 
@@ -483,6 +586,7 @@ def train(
     learning_rate: float = 0.05,
     clip_norm: float = 1.0,
     anneal: float = 1.0,
+    budget: str | None = None,
     state: TrainState | None = None,
     history: History | None = None,
     stop_after: int | None = None,
@@ -494,13 +598,17 @@ def train(
 
     - ``base``: starting params; their hysteresis must be ``"soft"`` or
       ``"straight_through"``.
-    - ``scenarios``: the training [`sims.Scenario`][]s.
+    - ``scenarios``: the training [`sims.Scenario`][]s (with their metadata: each one's
+      rollouts use its recommended budget mode, see
+      [`narset_jax.tune.scenario_params`][]).
     - ``iters``: total iterations; ``cfg``: [`narset_jax.tune.TuneConfig`][].
     - ``batch``: seeds per scenario per iteration (``S * batch`` rollouts an iteration).
     - ``seed``: the run's seed (training keys come from its ``STREAM_TRAIN``).
     - ``weights``: [`sims.ObjectiveWeights`][] (default ``sims.DEFAULT_WEIGHTS``).
     - ``learning_rate``, ``clip_norm``: adam's step and the global-norm clip.
     - ``anneal``: final temperature factor (see [`narset_jax.tune.anneal_factor`][]).
+    - ``budget``: one budget mode for every scenario, or ``None`` (default) for each
+      scenario's recommendation (``base.budget`` where it has none).
     - ``state``, ``history``: resume from these (from a checkpoint).
     - ``stop_after``: stop once this many iterations are done (as if interrupted).
     - ``callback``: called after every iteration with the state and history (the CLI
@@ -518,7 +626,7 @@ def train(
     base = base.astype(dtype)
     weights = sims.DEFAULT_WEIGHTS if weights is None else weights
     weights = jax.tree.map(lambda w: jnp.asarray(w, dtype), weights)
-    stacked = stack_scenarios(scenarios).astype(dtype)
+    groups = budget_groups(base, scenarios, budget, dtype)
     optimizer = make_optimizer(learning_rate, clip_norm)
     if state is None:
         state = train_init(from_params(base, dtype), optimizer)
@@ -531,8 +639,7 @@ def train(
         temp = anneal_factor(state.iteration, iters, anneal)
         state, rec = train_step(
             state,
-            base=base,
-            scenarios=stacked,
+            groups=groups,
             weights=weights,
             train_key=train_key,
             batch=batch,
@@ -597,6 +704,7 @@ def random_search(
     seed: int = 0,
     sigma: float = 1.0,
     weights=None,
+    budget: str | None = None,
     dtype=jnp.float32,
     progress: Callable[[int], None] | None = None,
 ) -> SearchResult:
@@ -605,7 +713,9 @@ def random_search(
     Candidate 0 is ``base``; candidate ``i > 0`` is ``raw(base) + sigma * z_i``. Every
     candidate is scored with the **hard** controller on the same ``len(scenarios) * batch``
     rollouts (the seeds of training iteration 0: common random numbers, so candidates are
-    compared on equal terms), and the lowest mean objective wins. With ``candidates``
+    compared on equal terms), each scenario under the same budget mode as in training
+    (``budget``, see [`narset_jax.tune.scenario_params`][]), and the lowest mean objective
+    wins. With ``candidates``
     equal to the gradient run's iterations, both methods use exactly the same number of
     rollouts (the gradient's rollouts also pay for a backward pass).
 
@@ -629,7 +739,8 @@ def random_search(
         params = to_params(raw, hard_base)
         total = []
         for s, sc in enumerate(scenarios):
-            o, _ = _objectives(params, "narset", sc, keys[s], n_regions, n_steps, weights, dtype)
+            o, _ = _objectives(scenario_params(params, sc, budget), "narset", sc, keys[s],
+                               n_regions, n_steps, weights, dtype)
             total.append(o)
         scores[i] = float(np.mean(np.concatenate(total)))
         if progress is not None:
@@ -706,6 +817,7 @@ def evaluate(
     weights=None,
     reference: str | None = None,
     pairs: Sequence[tuple[str, str]] = (),
+    budget: str | None = None,
     dtype=jnp.float32,
     progress: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
@@ -715,7 +827,10 @@ def evaluate(
 
     - ``candidates``: ``label -> (params, controller)``; ``controller`` is one of
       [`sims.CONTROLLERS`][]. Params are switched to ``hysteresis="hard"``.
-    - ``scenarios``: ``name -> Scenario``.
+    - ``scenarios``: ``name -> Scenario`` (with metadata: every candidate, baselines
+      included, runs a scenario under its recommended budget mode).
+    - ``budget``: one budget mode for every scenario instead, or ``None`` (see
+      [`narset_jax.tune.scenario_params`][]).
     - ``seeds``: number of evaluation seeds (from the run's ``STREAM_EVAL``, disjoint from
       training); every candidate sees the same seeds (paired comparison).
     - ``reference``: a label; each other candidate also gets the paired difference of its
@@ -723,7 +838,7 @@ def evaluate(
     - ``pairs``: ``(a, b)`` labels; candidate ``a`` also gets the paired difference
       ``a - b`` under ``"versus"`` (e.g. the gradient-tuned params against random search).
 
-    **Returns:** ``{scenario: {label: {"controller", "objective": t_interval,
+    **Returns:** ``{scenario: {label: {"controller", "budget", "objective": t_interval,
     "objective_values": [...], "delta": t_interval or None, "versus": {b: t_interval},
     "metrics": {name: mean}}}}``.
     """
@@ -736,12 +851,14 @@ def evaluate(
         rows: dict[str, Any] = {}
         values: dict[str, np.ndarray] = {}
         for label, (params, controller) in candidates.items():
+            params = scenario_params(hard(params), sc, budget)
             obj, mets = _objectives(
-                hard(params), controller, sc, keys, n_regions, n_steps, weights, dtype
+                params, controller, sc, keys, n_regions, n_steps, weights, dtype
             )
             values[label] = obj
             rows[label] = {
                 "controller": controller,
+                "budget": params.budget,
                 "objective": t_interval(obj),
                 "objective_values": obj.tolist(),
                 "metrics": {m: float(np.mean([d[m] for d in mets])) for m in REPORT_METRICS},

@@ -7,9 +7,13 @@ Trains with the relaxed controller (``soft`` hysteresis by default), checkpointi
 few iterations (``--resume`` continues bit for bit), then runs a random search with the
 same number of rollouts and evaluates the defaults, the tuned params, the random search's
 best and the simulator's baselines with the **hard** controller on held-out seeds and
-held-out scenarios. Writes to ``--out``:
+held-out scenarios. Every rollout runs its scenario's recommended budget mode (the global
+pool for ``spoofing``), as ``narset simulate`` does without ``--budget``, unless the
+``--params`` file sets ``budget``, which then holds for every scenario. Writes to ``--out``:
 
 - ``params.toml``: the tuned params (hard hysteresis), for ``narset simulate --params``;
+  without a ``budget`` line unless ``--params`` fixed one, so that ``narset simulate``
+  applies the scenario's recommended mode, as the evaluation did;
 - ``random_search_params.toml``: the random search's best;
 - ``history.json``: per-iteration loss, gradient norm, temperature; the run's settings;
 - ``evaluation.json``: the evaluation (means, 95% t-intervals, paired differences);
@@ -33,7 +37,7 @@ from narset_jax.errors import UserError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "tune_default.toml"
 CHECKPOINT = "checkpoint.npz"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: per-scenario budget modes (format 1 used one mode for all)
 
 # Config file layout: section -> key -> (setting name, type).
 _CONFIG_KEYS: dict[str, dict[str, tuple[str, type]]] = {
@@ -71,6 +75,7 @@ _RUN_KEYS = (
     "sigma",
     "weights",
     "base_params",
+    "budget",
 )
 
 
@@ -97,7 +102,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, metavar="PATH",
                    help=f"settings TOML (default: the shipped {DEFAULT_CONFIG.name})")
     p.add_argument("--params", default=None, metavar="PATH",
-                   help="starting params TOML (default: NarsetParams())")
+                   help="starting params TOML (default: NarsetParams()); a budget line in "
+                   "it fixes the budget mode for every scenario (otherwise each scenario's "
+                   "recommended mode is used, as by narset simulate)")
     p.add_argument("--batch", type=int, default=None, help="seeds per scenario per iteration")
     p.add_argument("--lr", type=float, default=None, help="adam learning rate")
     p.add_argument("--clip", type=float, default=None, help="global-norm gradient clip")
@@ -248,9 +255,18 @@ def _settings(args) -> tuple[dict[str, Any], set[str]]:
     base = NarsetParams.from_toml(args.params) if args.params else NarsetParams()
     settings["base_params"] = base.replace(hysteresis="hard").to_dict()
     settings["base_source"] = args.params or "defaults"
+    # The budget mode: fixed by a params file that sets it (for every scenario), else each
+    # scenario's recommendation -- narset simulate's rule without --budget.
+    settings["budget"] = base.budget if args.params and _sets_budget(args.params) else None
     if args.params:
-        explicit.add("base_params")
+        explicit |= {"base_params", "budget"}
     return settings, explicit
+
+
+def _sets_budget(path) -> bool:
+    """Whether a (valid, already read) params TOML sets ``budget``."""
+    with open(path, "rb") as fh:
+        return "budget" in tomllib.load(fh)
 
 
 def _check_settings(s: dict[str, Any]) -> None:
@@ -407,8 +423,9 @@ def format_table(evaluation: dict[str, Any], held_out: set[str], reference: str,
             f" {'rollbk':>6} {'capture':>7}")
     for sc_name, rows in evaluation.items():
         tag = "held-out" if sc_name in held_out else "trained on"
+        mode = next(iter(rows.values()), {}).get("budget")
         lines.append("")
-        lines.append(f"{sc_name} ({tag})")
+        lines.append(f"{sc_name} ({tag}" + (f", budget {mode})" if mode else ")"))
         lines.append(head)
         for label, row in rows.items():
             d = row["delta"]
@@ -430,8 +447,17 @@ def format_table(evaluation: dict[str, Any], held_out: set[str], reference: str,
     return "\n".join(lines)
 
 
-def _params_toml(params, header: list[str]) -> str:
-    return "".join(f"# {h}\n" for h in header) + params.to_toml()
+def _params_toml(params, header: list[str], budget: str | None) -> str:
+    """The params file. With ``budget=None`` (each scenario's recommendation) the
+    ``budget`` line is left out, so that ``narset simulate --params`` applies a scenario's
+    recommended mode exactly as training and evaluation did."""
+    text = params.to_toml()
+    if budget is None:
+        header = [*header, "no budget line: narset simulate uses the scenario's recommended "
+                  "budget mode (else region), as tuning and evaluation did"]
+        text = "".join(line + "\n" for line in text.splitlines()
+                       if not line.startswith("budget ="))
+    return "".join(f"# {h}\n" for h in header) + text
 
 
 # ---------------------------------------------------------------------------------------
@@ -483,6 +509,13 @@ def run(args) -> int:
                                 "checkpoint was written")
     train_scenarios = [sims.load_scenario(n) for n in settings["scenarios"]]
     train_labels = [e["label"] for e in entries]
+    budget = settings["budget"]
+    base_hard = NarsetParams.from_dict(settings["base_params"])
+    train_budgets = [tune.scenario_params(base_hard, sc, budget).budget
+                     for sc in train_scenarios]
+    if stored is not None and stored.get("train_budgets") != train_budgets:
+        raise UserError(f"--resume: the training scenarios' budget modes {train_budgets} "
+                        f"differ from the checkpoint's {stored.get('train_budgets')}")
     holdout_names = args.holdout
     if holdout_names is None:
         holdout_names = [n for n in sims.SCENARIOS if n not in train_labels]
@@ -515,7 +548,6 @@ def run(args) -> int:
         raise UserError(f"--eval-regions and --eval-steps must be positive, got {eN} and {eT}")
     S, B = len(train_scenarios), settings["batch"]
     weights = sims.ObjectiveWeights(**settings["weights"])
-    base_hard = NarsetParams.from_dict(settings["base_params"])
     base = base_hard.replace(hysteresis=settings["hysteresis"])
     truncate = settings["truncate"] or None
     cfg = tune.TuneConfig(n_regions=N, n_steps=T, truncate=truncate,
@@ -524,6 +556,7 @@ def run(args) -> int:
     meta = {
         "config": _run_config(settings),
         "scenario_values": [json.loads(json.dumps(e["values"])) for e in entries],
+        "train_budgets": train_budgets,
         "base_source": settings["base_source"],
         "train_key": jax.random.key_data(tune.run_keys(settings["seed"], tune.STREAM_TRAIN))
         .tolist(),
@@ -539,7 +572,9 @@ def run(args) -> int:
         f"narset tune: {K} iterations x {S} scenario(s) x {B} seeds = {K * S * B} rollouts of "
         f"N={N} regions x T={T} windows ({settings['hysteresis']} hysteresis"
         f"{', truncated to ' + str(truncate) if truncate else ''}"
-        f"{', remat' if settings['remat'] else ''}); "
+        f"{', remat' if settings['remat'] else ''}; budget "
+        + ", ".join(f"{lab} {b}" for lab, b in zip(train_labels, train_budgets))
+        + ("" if budget is None else " (fixed by --params)") + "); "
         + (f"resuming at iteration {state.iteration}; " if stored is not None else "")
         + "compiling...",
         file=sys.stderr, flush=True,
@@ -567,7 +602,8 @@ def run(args) -> int:
         state, history = tune.train(
             base, train_scenarios, iters=K, cfg=cfg, batch=B, seed=settings["seed"],
             weights=weights, learning_rate=settings["learning_rate"],
-            clip_norm=settings["clip_norm"], anneal=settings["anneal"], state=state,
+            clip_norm=settings["clip_norm"], anneal=settings["anneal"], budget=budget,
+            state=state,
             history=history, stop_after=args.stop_after, callback=callback,
         )
     except KeyboardInterrupt:
@@ -598,8 +634,8 @@ def run(args) -> int:
     try:
         rs = tune.random_search(
             base_hard, train_scenarios, candidates=K, batch=B, n_regions=N, n_steps=T,
-            seed=settings["seed"], sigma=settings["sigma"], weights=weights, dtype=dtype,
-            progress=lambda i: rs_bar.update(1),
+            seed=settings["seed"], sigma=settings["sigma"], weights=weights, budget=budget,
+            dtype=dtype, progress=lambda i: rs_bar.update(1),
         )
     finally:
         rs_bar.close()
@@ -621,7 +657,7 @@ def run(args) -> int:
         evaluation = tune.evaluate(
             candidates, eval_scenarios, seeds=n_eval, n_regions=eN, n_steps=eT,
             seed=settings["seed"], weights=weights, reference=ref,
-            pairs=[("tuned", "random_search")], dtype=dtype,
+            pairs=[("tuned", "random_search")], budget=budget, dtype=dtype,
             progress=lambda: ev_bar.update(1),
         )
     finally:
@@ -633,10 +669,11 @@ def run(args) -> int:
               f"batch {B}, seed {settings['seed']}", "hard hysteresis for simulation and "
               "deployment; see history.json and evaluation.json"]
     files = {
-        "params": write_text(out / "params.toml", _params_toml(tuned, header)),
+        "params": write_text(out / "params.toml", _params_toml(tuned, header, budget)),
         "random_search_params": write_text(
             out / "random_search_params.toml",
-            _params_toml(rs.params, [f"narset tune: best of {K} random-search candidates"]),
+            _params_toml(rs.params, [f"narset tune: best of {K} random-search candidates"],
+                         budget),
         ),
     }
     hist = history.to_dict()
@@ -652,6 +689,11 @@ def run(args) -> int:
             "interval": "95% Student t: mean +- t(0.975, n-1) * sd / sqrt(n)",
             "reference": ref, "held_out_scenarios": sorted(held),
             "train_scenarios": train_labels,
+            "budget": {sc: next(iter(rows.values()))["budget"]
+                       for sc, rows in evaluation.items()},
+            "budget_rule": ("each scenario's recommended mode, else the starting params' "
+                            "(narset simulate without --budget)" if budget is None
+                            else f"{budget} for every scenario (set by --params)"),
             "rollouts": {"gradient": n_rollouts, "random_search": rs.rollouts,
                          "note": "each gradient rollout also runs a backward pass"},
         },
@@ -683,7 +725,8 @@ def run(args) -> int:
             "final_loss": history.loss[-1], "final_grad_norm": history.grad_norm[-1],
             "skipped_steps": int(sum(not f for f in history.finite)),
             "seconds": {"train": train_s, "random_search": rs_s, "evaluation": eval_s},
-            "held_out_scenarios": sorted(held), "verdicts": verdicts,
+            "held_out_scenarios": sorted(held), "budget": eval_doc["protocol"]["budget"],
+            "verdicts": verdicts,
             "evaluation": {sc: {label: {"objective": row["objective"], "delta": row["delta"],
                                         "versus": row["versus"]}
                                 for label, row in rows.items()}
