@@ -605,15 +605,30 @@ _BLOCK = 32768
 
 def _given_price(t, w, lam, alpha, cost):
     """``argmin_{x >= 0} 1/2 w (x - t)^2 + lam c(x)``, elementwise, in closed form."""
+    lin, over = _price_pieces(t, w, lam, alpha, cost)
+    if cost == "convex":
+        return jnp.where(t - lam / w <= 1, lin, over)
+    return jnp.where(_piece_margin(t, w, lam, alpha, lin, over) < 0, over, lin)
+
+
+def _price_pieces(t, w, lam, alpha, cost):
+    """The minimisers on the linear piece (``x <= 1``) and the overdrive piece."""
     lin = jnp.clip(t - lam / w, 0, 1)
     over = 1 + jnp.maximum(w * (t - 1) - (lam if cost == "convex" else 0), 0) / (
         w + 2 * alpha * lam
     )
-    if cost == "convex":
-        return jnp.where(t - lam / w <= 1, lin, over)
-    f_lin = w * lin * (0.5 * lin - t) + lam * _cost(lin, alpha, cost)
-    f_over = w * over * (0.5 * over - t) + lam * _cost(over, alpha, cost)
-    return jnp.where(f_over < f_lin, over, lin)
+    return lin, over
+
+
+def _piece_margin(t, w, lam, alpha, lin=None, over=None):
+    """Seed cost: the Lagrangian on the overdrive piece minus on the linear piece (the
+    overdrive minimiser wins where this is negative). Where it changes sign as ``lam``
+    grows, the coordinate jumps from one piece to the other and the total spend jumps."""
+    if lin is None:
+        lin, over = _price_pieces(t, w, lam, alpha, "seed")
+    f_lin = w * lin * (0.5 * lin - t) + lam * _cost(lin, alpha, "seed")
+    f_over = w * over * (0.5 * over - t) + lam * _cost(over, alpha, "seed")
+    return f_over - f_lin
 
 
 def _lagrangian_parts(t_T, t_E, w_T, w_E, lam, alpha, cost):
@@ -687,7 +702,28 @@ def project_global_pool(
     slope = jax.jvp(total0, (lam_star,), (jnp.ones((), dtype),))[1]
     slope = jnp.where(slope < 0, slope, -1)
     corr = -(total(lam_star) - B) / slope
-    lam = lam_star + jnp.where(need, corr - sg(corr), 0)
+    dlam = corr - sg(corr)
+    if cost == "seed":
+        # The spend can jump down across the pool inside the final bracket (a coordinate
+        # switches piece there): then the multiplier sits at that switch, not where the
+        # spend equals the pool, and moves with the switching coordinates' tie
+        # ``margin(lam, theta) = 0``: dlam = -(dm/dtheta) / (dm/dlam).
+        margin = lambda l, t, w, a: _piece_margin(t, w, l, a)  # noqa: E731
+        jumps = [
+            (margin(lo, t0, w0, a0) < 0) != (margin(hi, t0, w0, a0) < 0)
+            for t0, w0 in ((tT0, wT0), (tE0, wE0))
+        ]
+        jump = need & (jumps[0].any() | jumps[1].any())
+        num, den = jnp.zeros((), dtype), jnp.zeros((), dtype)
+        for sw, t, w, t0, w0 in zip(jumps, (t_T, t_E), (w_T, w_E), (tT0, tE0), (wT0, wE0)):
+            m, dm = jax.jvp(
+                lambda l, t0=t0, w0=w0: margin(l, t0, w0, a0), (lam_star,), (jnp.ones((), dtype),)
+            )
+            num = num + jnp.sum(jnp.where(sw, margin(lam_star, t, w, a) - m, 0))
+            den = den + jnp.sum(jnp.where(sw, dm, 0))
+        tie = -num / jnp.where(den != 0, den, 1)
+        dlam = jnp.where(jump, tie, dlam)
+    lam = lam_star + jnp.where(need, dlam, 0)
     x_T, x_E, spent = _lagrangian_parts(t_T, t_E, w_T, w_E, lam, a, cost)
     # With lambda = 0 the seed cost's piece comparison is decided by rounding for targets
     # just above 1; the exact answer is the (clipped) target itself.

@@ -651,3 +651,41 @@ def test_overdrive_cost_matches_reference():
                 rtol=1e-15,
                 atol=1e-15,
             )
+
+
+def test_global_pool_seed_cost_gradients_match_finite_differences_at_spend_jumps():
+    """Seed cost: the total spend can jump across the pool as the multiplier grows, and
+    then the multiplier sits at the jump (spend < pool) for a whole open set of inputs.
+    Gradients there must follow the jump (the switching coordinate's tie), not the spend
+    equation; both kinds of case are checked against central differences."""
+    rng = np.random.default_rng(0)
+    n = 5
+
+    @jax.jit
+    def f(t_T, t_E, pool_total, alpha, w_T, w_E, r_T, r_E):
+        o = nj.project_global_pool(
+            t_T, t_E, pool_total=pool_total, alpha=alpha, cost="seed", weights=(w_T, w_E)
+        )
+        return jnp.sum(r_T * o.x_T + r_E * o.x_E), jnp.sum(o.spent)
+
+    grad = jax.jit(jax.grad(lambda *a: f(*a)[0], argnums=range(6)))
+    checked = {"jump": 0, "smooth": 0}
+    for _ in range(60):
+        args = [jnp.asarray(v) for v in (
+            rng.uniform(0, 3, n), rng.uniform(0, 3, n), rng.uniform(0.45, 1.8) * n,
+            rng.uniform(0.5, 3), rng.uniform(0.5, 2, n), rng.uniform(0.5, 2, n))]
+        r = [jnp.asarray(rng.normal(size=n)) for _ in range(2)]
+        dirs = [jnp.asarray(rng.normal(size=np.shape(v))) for v in args]
+
+        def at(eps, args=args, r=r, dirs=dirs):
+            return float(f(*[x + eps * d for x, d in zip(args, dirs)], *r)[0])
+
+        fd = (at(1e-6) - at(-1e-6)) / 2e-6
+        if abs(fd - (at(1e-5) - at(-1e-5)) / 2e-5) > 1e-4 * (1 + abs(fd)):
+            continue  # a piece switch within the difference step: not differentiable
+        g = grad(*args, *r)
+        an = sum(float(jnp.sum(gi * d)) for gi, d in zip(g, dirs))
+        assert abs(an - fd) <= 1e-4 * (1 + abs(fd)), (an, fd, args)
+        spent = float(f(*args, *r)[1])
+        checked["jump" if spent < float(args[2]) * (1 - 1e-9) else "smooth"] += 1
+    assert checked["jump"] >= 5 and checked["smooth"] >= 5, checked
