@@ -11,7 +11,10 @@ after another in the same invocation, at the same N, T, scenario and batch:
 * ``forward_hard``: ``sims.rollout`` with the hard controller, one rollout;
 * ``grad_remat``: one gradient step (``narset_jax.tune.loss_and_grad`` plus the adam
   update) with ``jax.checkpoint`` around each simulated window;
-* ``grad_plain``: the same without ``jax.checkpoint``.
+* ``grad_plain``: the same without ``jax.checkpoint``;
+* ``interleaved``: the headline ratio. One child times ``forward_soft``, ``forward_hard``
+  and ``grad_remat`` in turn, round after round, and reports the median round's ratios:
+  the separate children above run minutes apart, and this VM's speed drifts between them.
 
 ``--variants ctl_forward,ctl_grad,sim_forward,sim_grad`` breaks the cost down: the
 controller alone (``narset_rollout`` on synthetic ``[T, N]`` telemetry) and the ecology
@@ -36,7 +39,7 @@ from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-VARIANTS = ("forward_soft", "forward_hard", "grad_remat", "grad_plain")
+VARIANTS = ("forward_soft", "forward_hard", "grad_remat", "grad_plain", "interleaved")
 # Where the gradient's time goes (not run by default): the controller alone on synthetic
 # telemetry, and the ecology alone under an action that depends on the params, each
 # forward and gradient (with jax.checkpoint per window, like grad_remat).
@@ -158,6 +161,8 @@ def child(args) -> dict:
     temp = jnp.float32(1.0)
     rss_before = _maxrss_bytes()
     source = _source_hash()
+    if variant == "interleaved":
+        return _interleaved(args, N, T, base, raw, weights, stacked, keys, temp, source)
 
     if variant in BREAKDOWN:
         fn, call_args = _breakdown(variant, N, T, base, raw, scenario)
@@ -227,6 +232,65 @@ def child(args) -> dict:
     else:
         result["value"] = np.asarray(out).tolist()
     return result
+
+
+def _interleaved(args, N, T, base, raw, weights, stacked, keys, temp, source) -> dict:
+    """The headline ratio, timed in one process: the soft forward rollout, the hard one and
+    the checkpointed gradient step, called in turn, round after round, so that the
+    machine's drift (this shared VM's speed changes by tens of percent from minute to
+    minute, and between the variants' child processes) hits all three alike. Each round
+    gives a ratio; the median round is reported."""
+    import statistics
+
+    import jax
+    import jax.numpy as jnp
+
+    import sims
+    from narset_jax import tune
+    from narset_jax.params import NarsetParams
+
+    cfg0 = tune.TuneConfig(N, T, checkpoint=False)
+    soft = jax.jit(
+        lambda raw, keys: tune.batch_loss(raw, base, stacked, keys, weights, temp, cfg0)[0]
+    )
+    p = NarsetParams().astype(jnp.float32)
+    sc = sims.load_scenario(args.scenario).without_metadata().astype(jnp.float32)
+    hard = jax.jit(
+        lambda p, sc, ks: jax.vmap(
+            lambda k: sims.objective(sims.rollout(p, sc, k, N, T).metrics, weights)
+        )(ks)
+    )
+    grad = tune.loss_and_grad.lower(
+        raw, base, stacked, keys, weights, temp, cfg=tune.TuneConfig(N, T, checkpoint=True)
+    ).compile()
+    calls = {
+        "forward_soft": lambda: soft(raw, keys),
+        "forward_hard": lambda: hard(p, sc, keys[0]),
+        "grad_remat": lambda: grad(raw, base, stacked, keys, weights, temp),
+    }
+    for f in calls.values():
+        jax.block_until_ready(f())
+    times = {k: [] for k in calls}
+    for _ in range(2 * args.repeats):
+        for k, f in calls.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f())
+            times[k].append(time.perf_counter() - t0)
+    per_round = {
+        f"grad_remat/{k}": [g / f for g, f in zip(times["grad_remat"], times[k])]
+        for k in ("forward_soft", "forward_hard")
+    }
+    return {
+        "variant": "interleaved",
+        "all_seconds": times,
+        "seconds": min(times["grad_remat"]),
+        "ratio_per_round": per_round,
+        "ratio_median": {k: statistics.median(v) for k, v in per_round.items()},
+        "memory_analysis": {},
+        "compile_s": None,
+        "maxrss_bytes": _maxrss_bytes(),
+        "source_hash": source,
+    }
 
 
 def horizon_study(args) -> dict:
@@ -331,6 +395,9 @@ def main(argv=None) -> int:
         res["process_s"] = time.perf_counter() - t0
         results[variant] = res
         mem = res["memory_analysis"]
+        if variant == "interleaved":
+            print(f"[interleaved] median of rounds: {res['ratio_median']}", file=sys.stderr)
+            continue
         print(
             f"[{variant}] {res['seconds']:.3f} s (compile {res['compile_s']:.1f} s); XLA peak "
             f"{mem.get('peak_bytes', 0) / 2**30:.3f} GiB (temp {mem.get('temp', 0) / 2**30:.3f}"
@@ -355,6 +422,9 @@ def main(argv=None) -> int:
             ratios[f"{g}/forward_soft"] = results[g]["seconds"] / fwd
         if g in results and fwd_hard:
             ratios[f"{g}/forward_hard"] = results[g]["seconds"] / fwd_hard
+    if "interleaved" in results:
+        for k, v in results["interleaved"]["ratio_median"].items():
+            ratios[f"interleaved {k}"] = v
     for part in ("ctl", "sim"):
         f, g = results.get(f"{part}_forward"), results.get(f"{part}_grad")
         if f and g:
