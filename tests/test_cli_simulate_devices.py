@@ -8,21 +8,15 @@ pool runs its controller gathered, as replay does (``narset_jax/cli/simulate.py`
 """
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from process_workers import free_port, run_workers
 
 from narset_jax.cli import main
 from narset_jax.decision_log import read_decision_log
 
-ROOT = Path(__file__).resolve().parents[1]
 N, T, SEED = 62, 6, 5
 ARGS = ["--scenario", "crisis", "--regions", str(N), "--steps", str(T), "--seed", str(SEED),
         "--chunk", "4", "--no-plots", "--no-progress"]
@@ -163,45 +157,12 @@ WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_workers(tmp_path, params_file):
-    from narset_jax.distributed import env_for_host_devices
-
-    coordinator = f"127.0.0.1:{_free_port()}"
-    env = env_for_host_devices(1)
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    coordinator = f"127.0.0.1:{free_port()}"
     outs = [tmp_path / f"proc{i}" for i in range(2)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, coordinator, str(i), *ARGS,
-             "--params", str(params_file), "--out", str(outs[i])],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True,
-        )
-        for i in range(2)
-    ]
-    results = []
-    try:
-        end = time.monotonic() + DEADLINE_S
-        for p in procs:
-            out, err = p.communicate(timeout=max(1.0, end - time.monotonic()))
-            results.append((p.returncode, out, err))
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"multi-process run did not finish within {DEADLINE_S} s")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=30)
-            for stream in (p.stdout, p.stderr):
-                if stream is not None:
-                    stream.close()
+    argvs = [[WORKER, coordinator, str(i), *ARGS, "--params", str(params_file), "--out",
+              str(outs[i])] for i in range(2)]
+    results = run_workers(argvs, DEADLINE_S)
     for i, (code, out, err) in enumerate(results):
         assert code == 0, f"worker {i} failed (exit {code}):\n{err[-3000:]}"
         assert f"WORKER DONE {i}" in out

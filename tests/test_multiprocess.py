@@ -6,25 +6,17 @@ happens, both are killed and reaped before the test returns.
 """
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
-import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import pytest
+from process_workers import free_port, run_workers
 
 import sims
-from narset_jax.distributed import env_for_host_devices
 from narset_jax.params import NarsetParams
 from narset_jax.sharding import region_mesh, sharded_rollout
 
 # The repository root (this file may live in tests/ or wip/tests/).
-ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())
 N, T, SEED = 96, 5, 3
 # The global pool, and small enough to bind: every window's multiplier search is a
 # cross-process all-reduce (gloo).
@@ -54,45 +46,9 @@ WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_workers():
-    coordinator = f"127.0.0.1:{_free_port()}"
-    env = env_for_host_devices(1)
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, coordinator, str(i)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        for i in range(2)
-    ]
-    outputs = []
-    try:
-        end = time.monotonic() + DEADLINE_S
-        for p in procs:
-            out, err = p.communicate(timeout=max(1.0, end - time.monotonic()))
-            outputs.append((p.returncode, out, err))
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"multi-process run did not finish within {DEADLINE_S} s")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=30)
-            for stream in (p.stdout, p.stderr):
-                if stream is not None:
-                    stream.close()
+    coordinator = f"127.0.0.1:{free_port()}"
+    outputs = run_workers([[WORKER, coordinator, str(i)] for i in range(2)], DEADLINE_S)
     results = []
     for code, out, err in outputs:
         assert code == 0, f"worker failed (exit {code}):\n{err[-3000:]}"
