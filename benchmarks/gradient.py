@@ -162,44 +162,16 @@ def child(args) -> dict:
     rss_before = _maxrss_bytes()
     source = _source_hash()
     if variant == "interleaved":
-        return _interleaved(args, N, T, base, raw, weights, stacked, keys, temp, source)
-
-    if variant in BREAKDOWN:
-        fn, call_args = _breakdown(variant, N, T, base, raw, scenario)
-    elif variant == "forward_hard":
-        p = NarsetParams().astype(jnp.float32)
-        sc = scenario.without_metadata().astype(jnp.float32)
-        ks = keys[0]
-        fn = jax.jit(
-            lambda p, sc, ks: jax.vmap(
-                lambda k: sims.objective(sims.rollout(p, sc, k, N, T).metrics, weights)
-            )(ks)
-        )
-        call_args = (p, sc, ks)
-    elif variant == "forward_soft":
-        cfg = tune.TuneConfig(N, T, checkpoint=False)
-        fn = jax.jit(
-            lambda raw, keys: tune.batch_loss(raw, base, stacked, keys, weights, temp, cfg)[0]
-        )
-        call_args = (raw, keys)
-    else:
-        cfg = tune.TuneConfig(N, T, checkpoint=variant == "grad_remat")
-        opt = tune.make_optimizer(0.05, 1.0)
-        call_args = (raw, opt.init(raw), keys)
+        return _interleaved(args, N, T, base, raw, weights, stacked, keys, temp, scenario, source)
 
     t0 = time.perf_counter()
-    if variant.startswith("grad_"):
-        compiled = tune.loss_and_grad.lower(
-            raw, base, stacked, keys, weights, temp, cfg=cfg
-        ).compile()
-        update = tune._update_fn(opt)
-
-        def fn(raw, opt_state, keys):
-            _, _, g, gn = compiled(raw, base, stacked, keys, weights, temp)
-            return update(raw, opt_state, g), g, gn
+    if variant in BREAKDOWN:
+        fn, call_args = _breakdown(variant, N, T, base, raw, scenario)
+        compiled = fn = fn.lower(*call_args).compile()
     else:
-        compiled = fn.lower(*call_args).compile()
-        fn = compiled
+        fn, call_args, compiled = _program(
+            variant, N, T, base, raw, weights, stacked, keys, temp, scenario
+        )
     memory = _memory(compiled)
     jax.block_until_ready(fn(*call_args))  # warm up (and compile the small update)
     compile_s = time.perf_counter() - t0
@@ -234,14 +206,11 @@ def child(args) -> dict:
     return result
 
 
-def _interleaved(args, N, T, base, raw, weights, stacked, keys, temp, source) -> dict:
-    """The headline ratio, timed in one process: the soft forward rollout, the hard one and
-    the checkpointed gradient step, called in turn, round after round, so that the
-    machine's drift (this shared VM's speed changes by tens of percent from minute to
-    minute, and between the variants' child processes) hits all three alike. Each round
-    gives a ratio; the median round is reported."""
-    import statistics
-
+def _program(variant, N, T, base, raw, weights, stacked, keys, temp, scenario):
+    """A compiled timed program: ``(fn, call_args, compiled)`` for ``forward_soft``,
+    ``forward_hard``, ``grad_remat`` or ``grad_plain`` (a gradient step is
+    ``tune.loss_and_grad`` plus the adam update; ``compiled`` is the part whose memory is
+    analysed)."""
     import jax
     import jax.numpy as jnp
 
@@ -249,25 +218,52 @@ def _interleaved(args, N, T, base, raw, weights, stacked, keys, temp, source) ->
     from narset_jax import tune
     from narset_jax.params import NarsetParams
 
-    cfg0 = tune.TuneConfig(N, T, checkpoint=False)
-    soft = jax.jit(
-        lambda raw, keys: tune.batch_loss(raw, base, stacked, keys, weights, temp, cfg0)[0]
-    )
-    p = NarsetParams().astype(jnp.float32)
-    sc = sims.load_scenario(args.scenario).without_metadata().astype(jnp.float32)
-    hard = jax.jit(
-        lambda p, sc, ks: jax.vmap(
-            lambda k: sims.objective(sims.rollout(p, sc, k, N, T).metrics, weights)
-        )(ks)
-    )
-    grad = tune.loss_and_grad.lower(
-        raw, base, stacked, keys, weights, temp, cfg=tune.TuneConfig(N, T, checkpoint=True)
-    ).compile()
-    calls = {
-        "forward_soft": lambda: soft(raw, keys),
-        "forward_hard": lambda: hard(p, sc, keys[0]),
-        "grad_remat": lambda: grad(raw, base, stacked, keys, weights, temp),
-    }
+    if variant == "forward_hard":
+        p = NarsetParams().astype(jnp.float32)
+        sc = scenario.without_metadata().astype(jnp.float32)
+        fn = jax.jit(
+            lambda p, sc, ks: jax.vmap(
+                lambda k: sims.objective(sims.rollout(p, sc, k, N, T).metrics, weights)
+            )(ks)
+        )
+        call_args = (p, sc, keys[0])
+    elif variant == "forward_soft":
+        cfg = tune.TuneConfig(N, T, checkpoint=False)
+        fn = jax.jit(
+            lambda raw, keys: tune.batch_loss(raw, base, stacked, keys, weights, temp, cfg)[0]
+        )
+        call_args = (raw, keys)
+    else:
+        cfg = tune.TuneConfig(N, T, checkpoint=variant == "grad_remat")
+        opt = tune.make_optimizer(0.05, 1.0)
+        compiled = tune.loss_and_grad.lower(
+            raw, base, stacked, keys, weights, temp, cfg=cfg
+        ).compile()
+        update = tune._update_fn(opt)
+
+        def step(raw, opt_state, keys):
+            _, _, g, gn = compiled(raw, base, stacked, keys, weights, temp)
+            return update(raw, opt_state, g), g, gn
+
+        return step, (raw, opt.init(raw), keys), compiled
+    compiled = fn.lower(*call_args).compile()
+    return compiled, call_args, compiled
+
+
+def _interleaved(args, N, T, base, raw, weights, stacked, keys, temp, scenario, source) -> dict:
+    """The headline ratio, timed in one process: the soft forward rollout, the hard one and
+    the checkpointed gradient step (the same programs as their own variants), called in
+    turn, round after round, so that the machine's drift (this shared VM's speed changes by
+    tens of percent from minute to minute, and between the variants' child processes) hits
+    all three alike. Each round gives a ratio; the median round is reported."""
+    import statistics
+
+    import jax
+
+    calls = {}
+    for v in ("forward_soft", "forward_hard", "grad_remat"):
+        fn, call_args, _ = _program(v, N, T, base, raw, weights, stacked, keys, temp, scenario)
+        calls[v] = lambda fn=fn, call_args=call_args: fn(*call_args)
     for f in calls.values():
         jax.block_until_ready(f())
     times = {k: [] for k in calls}
