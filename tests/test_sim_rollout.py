@@ -2,6 +2,7 @@
 baselines, vmap and gradients. Shapes are tiny: compiling is the cost."""
 
 import dataclasses
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -215,6 +216,38 @@ def test_gradients_reach_the_params():
     g = np.array([float(grads[k]) for k in names])
     assert np.all(np.isfinite(g))
     assert np.count_nonzero(g) >= 3
+
+
+def _conds(jaxpr):
+    """Every ``cond`` equation in a jaxpr, nested ones included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "cond":
+            found.append(eqn)
+        for v in eqn.params.values():
+            for j in v if isinstance(v, (tuple, list)) else [v]:
+                inner = getattr(j, "jaxpr", None)
+                if inner is not None and hasattr(inner, "eqns"):
+                    found += _conds(inner)
+    return found
+
+
+def test_relaxed_ecology_runs_behind_a_fusion_boundary(monkeypatch):
+    """The differentiable rollout runs the ecology inside a ``lax.cond`` (so that XLA
+    cannot fuse its rematerialised forward into every backward fusion); the hard rollout
+    does not, and the boundary changes no value."""
+    soft = NarsetParams(hysteresis="soft").astype(jnp.float64)
+    carry = sims.rollout_init(soft, BUSY, KEY, 8, dtype=jnp.float64)
+    chunk = lambda p, c: sims.rollout_chunk(p, BUSY, c, 3)[0]  # noqa: E731
+    assert len(_conds(jax.make_jaxpr(chunk)(soft, carry).jaxpr)) == 1
+    hard = NarsetParams().astype(jnp.float64)
+    assert _conds(jax.make_jaxpr(chunk)(hard, carry).jaxpr) == []
+    with_boundary = jax.jit(chunk)(soft, carry)
+    rollout_module = importlib.import_module("sims.rollout")  # sims.rollout is the function
+    monkeypatch.setattr(rollout_module, "_materialised", lambda fn, t, *ops: fn(*ops))
+    inline = jax.jit(chunk)(soft, carry)
+    for a, b in zip(jax.tree.leaves(with_boundary), jax.tree.leaves(inline)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
 
 
 def test_sim_step_alone_is_pure_and_elementwise():
