@@ -28,6 +28,11 @@ Rows:
 * ``prng``: the simulator's counter-based hash against ``jax.random`` (threefry, rbg,
   unsafe_rbg) drawing as many numbers per region and window (4 normals, 10 uniforms).
 * ``variants``: the chunk in child processes with XLA flags or budget blocking changed.
+* ``floor``: at ``--profile-n``, the elementwise operations of one window per region, as
+  written (the jaxpr) and as compiled (XLA's loop body, ops it duplicated into several
+  fusions counted each time), and the best elementwise rate of one fused XLA kernel on
+  this machine: their quotient is the time a window would take with perfect fusion and no
+  memory traffic.
 """
 
 from __future__ import annotations
@@ -510,6 +515,174 @@ def bench_variants(sizes, steps, repeats):
     return out
 
 
+# ---------------------------------------------------------------------------------------
+# Arithmetic floor: how many elementwise operations one window is, and how fast this
+# machine's XLA runs elementwise arithmetic at best.
+
+# Per-element cost classes of jaxpr primitives (data movement is counted apart).
+_MOVE = {"broadcast_in_dim", "reshape", "squeeze", "convert_element_type", "slice",
+         "concatenate", "dynamic_slice", "dynamic_update_slice", "copy", "copy_p", "iota",
+         "stop_gradient", "pad", "gather", "scatter", "transpose", "stack"}
+_SLOW = {"div", "sqrt", "rsqrt", "cbrt", "exp", "exp2", "log", "log1p", "expm1", "pow",
+         "tanh", "logistic", "erf", "sin", "cos", "atan2", "integer_pow", "rem"}
+
+
+def _jaxpr_ops(jaxpr, n, mult=1.0, acc=None):
+    """Elementwise primitive applications per region in a jaxpr (nested jaxprs walked,
+    a scan's body counted ``length`` times), by primitive name."""
+    acc = collections.Counter() if acc is None else acc
+    for e in jaxpr.eqns:
+        inner = []
+        for v in e.params.values():
+            for j in v if isinstance(v, (list, tuple)) else [v]:
+                j = getattr(j, "jaxpr", j)
+                if hasattr(j, "eqns"):
+                    inner.append(j)
+        if inner:
+            m = mult * (e.params.get("length", 1) if e.primitive.name == "scan" else 1)
+            for j in inner[:1] if e.primitive.name == "cond" else inner:
+                _jaxpr_ops(j, n, m, acc)
+            continue
+        for o in e.outvars:
+            size = 1
+            for d in getattr(o.aval, "shape", ()):
+                size *= d
+            if size >= n // 4:
+                acc[e.primitive.name] += mult * size / n
+    return acc
+
+
+def _hlo_ops(hlo, n):
+    """Elementwise HLO instructions the compiled window executes per region (fused
+    computations included, so ops XLA duplicated into several fusions count each time)."""
+    from narset_jax.sharding import _computations
+
+    comps = _computations(hlo)
+    inst = re.compile(r"\s*(?:ROOT )?%?[\w.\-]+ = \w+\[([\d,]*)\][^ ]* ([\w-]+)\(")
+    skip = {"parameter", "fusion", "bitcast", "broadcast", "constant", "tuple",
+            "get-tuple-element", "copy", "while", "call", "conditional"}
+    acc = collections.Counter()
+
+    def walk(name, depth):
+        for line in comps.get(name, []):
+            m = inst.match(line)
+            if m and m.group(2) not in skip:
+                size = 1
+                for d in filter(None, m.group(1).split(",")):
+                    size *= int(d)
+                if size >= 4096:
+                    acc[m.group(2)] += min(size, n) / n * max(1, size // n) if size > n else (
+                        1.0 if size >= n // 64 else 0.0)
+            if depth < 4:
+                for callee in re.findall(r"(?:calls|to_apply|body|branch_computations)="
+                                         r"\{?%?([\w.\-]+)", line):
+                    walk(callee, depth + 1)
+
+    bodies = [re.search(r"body=%?([\w.\-]+)", x).group(1)
+              for lines in comps.values() for x in lines if re.search(r"\bwhile\(", x)]
+    walk(max(bodies, key=lambda b: len(comps.get(b, []))), 0)
+    return acc
+
+
+def _peak_kernel(n, chains=8, depth=100):
+    """One fused XLA kernel of ``chains`` independent multiply-add chains of ``depth`` steps
+    over ``[n]`` float32: the best case for elementwise arithmetic (one pass over memory,
+    contractible to FMAs, enough independent work per element to fill the pipelines).
+    Returns ``(compiled, x, ops_per_element)``."""
+    import numpy as np
+
+    x = jnp.asarray(np.random.default_rng(0).random(n, dtype=np.float32))
+
+    def f(x):
+        ys = [x + np.float32(c) for c in range(chains)]
+        for i in range(depth):
+            ys = [y * np.float32(0.999 + 1e-6 * i + 1e-7 * c) + np.float32(1e-3 * (i % 7))
+                  for c, y in enumerate(ys)]
+        return sum(ys)
+
+    return jax.jit(f).lower(x).compile(), x, 2 * chains * depth + chains
+
+
+def _memory_kernel(moving, steps):
+    """A scan that reads and writes every carried ``[N]`` array once per window
+    (``x + 1``) and does nothing else."""
+
+    def bump(x):
+        return ~x if x.dtype == bool else x + jnp.ones((), x.dtype)
+
+    f = jax.jit(lambda c: jax.lax.scan(lambda c, _: (jax.tree.map(bump, c), None), c, None,
+                                       length=steps)[0])
+    return f.lower(moving).compile()
+
+
+def arithmetic_floor(n, repeats, target_per_second=30e6, steps=10):
+    """How much elementwise work one closed-loop window is, against this machine's best
+    elementwise rate under XLA and its memory floor, all timed in the same rounds (this
+    VM's speed drifts by tens of percent from minute to minute): the time a window would
+    take at that rate if it were one perfectly fused kernel, plus the time to stream its
+    state once."""
+    import importlib
+    import statistics
+
+    params, sc, carry = _setup(n)
+    window = lambda c: sims.rollout_chunk(params, sc, c, 1)[0]  # noqa: E731
+    written = _jaxpr_ops(jax.make_jaxpr(window)(carry).jaxpr, n)
+    chunk = _chunk_fn(params, sc, steps).lower(carry).compile()
+    compiled = _hlo_ops(chunk.as_text(), n)
+    peak, x, peak_ops = _peak_kernel(n)
+    # What sims.rollout_chunk carries (the per-region constants are closed over).
+    _, moving = importlib.import_module("sims.rollout")._split_constants(carry)
+    memory = _memory_kernel(moving, steps)
+    calls = {"window": lambda: chunk(carry), "peak": lambda: peak(x),
+             "memory": lambda: memory(moving)}
+    for f in calls.values():
+        jax.block_until_ready(f())
+    rounds = {k: [] for k in calls}
+    for _ in range(max(repeats, 10)):
+        for k, f in calls.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f())
+            rounds[k].append(time.perf_counter() - t0)
+    arith = {k: v for k, v in written.items() if k not in _MOVE}
+    n_arith = sum(arith.values())
+    n_compiled = sum(compiled.values())
+    per_round = []
+    for w, p, m in zip(rounds["window"], rounds["peak"], rounds["memory"]):
+        rate = peak_ops * n / p  # ops per second
+        per_round.append({
+            "window_ns": w / steps / n * 1e9,
+            "g_ops_per_second": rate / 1e9,
+            "written_at_peak_ns": n_arith / rate * 1e9,
+            "compiled_at_peak_ns": n_compiled / rate * 1e9,
+            "memory_ns": m / steps / n * 1e9,
+        })
+    med = {k: statistics.median(r[k] for r in per_round) for k in per_round[0]}
+    out = {
+        "n": n,
+        "written_ops_per_region_window": n_arith,
+        "written_slow_ops_per_region_window": sum(v for k, v in arith.items() if k in _SLOW),
+        "written_data_movement_per_region_window": sum(
+            v for k, v in written.items() if k in _MOVE),
+        "written_top": dict(collections.Counter(arith).most_common(12)),
+        "compiled_ops_per_region_window": n_compiled,
+        "compiled_top": dict(compiled.most_common(12)),
+        "peak_kernel_ops_per_element": peak_ops,
+        "median_of_rounds": med,
+        "rounds": per_round,
+        "target_ns_per_region_window": 1e9 / target_per_second,
+    }
+    print(f"floor   one window: {n_arith:.0f} elementwise ops per region as written "
+          f"({out['written_slow_ops_per_region_window']:.0f} divisions, roots, "
+          f"transcendentals), {n_compiled:.0f} as compiled", flush=True)
+    print(f"floor   same rounds (median): the window {med['window_ns']:.1f} ns per "
+          f"region-window; best fused XLA kernel {med['g_ops_per_second']:.1f} G ops/s, so "
+          f"{med['written_at_peak_ns']:.1f} ns (written ops) / {med['compiled_at_peak_ns']:.1f}"
+          f" ns (compiled ops) of pure arithmetic; streaming the state once "
+          f"{med['memory_ns']:.1f} ns; the target allows "
+          f"{out['target_ns_per_region_window']:.1f} ns", flush=True)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="benchmarks/results/step.json")
@@ -549,6 +722,8 @@ def main(argv=None):
         }
     if "prng" not in skip:
         result["prng"] = bench_prng(int(args.profile_n), min(args.steps, 10), args.repeats)
+    if "floor" not in skip:
+        result["floor"] = arithmetic_floor(int(args.profile_n), args.repeats)
     if "variants" not in skip:
         vs = [int(float(x)) for x in args.variant_sizes.split(",")]
         result["variants"] = bench_variants(vs, args.steps, args.repeats)
