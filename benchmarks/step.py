@@ -570,9 +570,12 @@ def _hlo_ops(hlo, n):
                 size = 1
                 for d in filter(None, m.group(1).split(",")):
                     size *= int(d)
-                if size >= 4096:
-                    acc[m.group(2)] += min(size, n) / n * max(1, size // n) if size > n else (
-                        1.0 if size >= n // 64 else 0.0)
+                if size >= n:
+                    acc[m.group(2)] += size / n
+                elif size >= n // 64:
+                    # A block of regions (the projection's lax.map): every region passes
+                    # through it once per window.
+                    acc[m.group(2)] += 1.0
             if depth < 4:
                 for callee in re.findall(r"(?:calls|to_apply|body|branch_computations)="
                                          r"\{?%?([\w.\-]+)", line):
