@@ -30,9 +30,9 @@ Rows:
 * ``variants``: the chunk in child processes with XLA flags or budget blocking changed.
 * ``floor``: at ``--profile-n``, the elementwise operations of one window per region, as
   written (the jaxpr) and as compiled (XLA's loop body, ops it duplicated into several
-  fusions counted each time), and the best elementwise rate of one fused XLA kernel on
-  this machine: their quotient is the time a window would take with perfect fusion and no
-  memory traffic.
+  fusions counted each time), timed in the same rounds as the best elementwise rate of one
+  fused XLA kernel on this machine and a scan that only streams the carried state: the
+  time a window would take with perfect fusion, and its memory floor.
 """
 
 from __future__ import annotations
@@ -366,20 +366,20 @@ def profile_trace(n, steps, calls=3):
     return out
 
 
+def _outer_body(comps):
+    """The name of the largest while-loop body among parsed HLO computations (the scan over
+    windows; the projection's block loop is smaller)."""
+    bodies = [m.group(1) for lines in comps.values() for line in lines
+              if re.search(r"\bwhile\(", line) and (m := re.search(r"body=%?([\w.\-]+)", line))]
+    return max(bodies, key=lambda b: len(comps.get(b, [])))
+
+
 def _loop_structure(hlo):
     """Kernels and copies in the scan body, and the carry size."""
     from narset_jax.sharding import _computations
 
     comps = _computations(hlo)
-    bodies = []
-    for lines in comps.values():
-        for line in lines:
-            if re.search(r"\bwhile\(", line):
-                m = re.search(r"body=%?([\w.\-]+)", line)
-                if m:
-                    bodies.append(m.group(1))
-    outer = max(bodies, key=lambda b: len(comps.get(b, [])))
-    lines = comps[outer]
+    lines = comps[_outer_body(comps)]
     n_fusion = sum(1 for x in lines if " fusion(" in x)
     copies = [x for x in lines if re.match(r"\s*%copy[.\d]* = ", x)]
     big = [x for x in copies if re.search(r"\[\d{3,}\]", x)]
@@ -387,6 +387,11 @@ def _loop_structure(hlo):
     carry = len(re.findall(r"\[\d+\]", params[0])) if params else None
     return {"loop_body_fusions": n_fusion, "loop_body_copies_of_region_arrays": len(big),
             "loop_carry_region_arrays": carry}
+
+
+def _bump(x):
+    """Touch an array once: ``x + 1`` (``~x`` for booleans)."""
+    return ~x if x.dtype == bool else x + jnp.ones((), x.dtype)
 
 
 def profile_stages(n, repeats):
@@ -409,9 +414,7 @@ def profile_stages(n, repeats):
         "simulator prng (9 hashes, 4 normals, 10 uniforms)": (jax.jit(_hash_draws), (carry.sim,)),
         "closed-loop window (one, unrolled)":
             (jax.jit(lambda c: sims.rollout_chunk(params, sc, c, 1)[0]), (carry,)),
-        "memory floor (copy the carry)":
-            (jax.jit(lambda c: jax.tree.map(lambda x: x + jnp.ones((), x.dtype)
-                                            if x.dtype != bool else ~x, c)), (carry,)),
+        "memory floor (copy the carry)": (jax.jit(lambda c: jax.tree.map(_bump, c)), (carry,)),
     }
     out = {}
     for name, (f, args) in parts.items():
@@ -581,9 +584,7 @@ def _hlo_ops(hlo, n):
                                          r"\{?%?([\w.\-]+)", line):
                     walk(callee, depth + 1)
 
-    bodies = [re.search(r"body=%?([\w.\-]+)", x).group(1)
-              for lines in comps.values() for x in lines if re.search(r"\bwhile\(", x)]
-    walk(max(bodies, key=lambda b: len(comps.get(b, []))), 0)
+    walk(_outer_body(comps), 0)
     return acc
 
 
@@ -609,11 +610,7 @@ def _peak_kernel(n, chains=8, depth=100):
 def _memory_kernel(moving, steps):
     """A scan that reads and writes every carried ``[N]`` array once per window
     (``x + 1``) and does nothing else."""
-
-    def bump(x):
-        return ~x if x.dtype == bool else x + jnp.ones((), x.dtype)
-
-    f = jax.jit(lambda c: jax.lax.scan(lambda c, _: (jax.tree.map(bump, c), None), c, None,
+    f = jax.jit(lambda c: jax.lax.scan(lambda c, _: (jax.tree.map(_bump, c), None), c, None,
                                        length=steps)[0])
     return f.lower(moving).compile()
 
