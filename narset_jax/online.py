@@ -25,15 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from narset_jax.ingest import (
+from narset_jax.ingest.accumulate import LevelCarry, WindowAccumulator
+from narset_jax.ingest.schema import (
     IngestError,
     IngestReport,
-    LevelCarry,
-    WindowAccumulator,
-    _loads,
-    _Malformed,
-    _out_of_range,
-    _parse,
+    Malformed,
+    decode_line,
+    out_of_range,
+    parse_fields,
 )
 from narset_jax.params import NarsetParams
 from narset_jax.step import Decision, Narset, NarsetState
@@ -95,17 +94,17 @@ class EventWindowBuilder:
         for i, event in enumerate(events):
             report.lines += 1
             try:
-                obj = _loads(event) if isinstance(event, str | bytes | bytearray) else event
-                region, w, kind, a, b = _parse(obj)
+                obj = decode_line(event) if isinstance(event, str | bytes | bytearray) else event
+                region, w, kind, a, b = parse_fields(obj)
                 if window is None:
                     window = w
                     if self.last_window is not None and w <= self.last_window:
-                        raise _Malformed(
+                        raise Malformed(
                             "window_backwards",
                             f"window {w} after window {self.last_window} (one call per window)",
                         )
                 elif w != window:
-                    raise _Malformed(
+                    raise Malformed(
                         "wrong_type", f"window {w} differs from this call's window {window}"
                     )
                 if not 0 <= region < n:
@@ -113,12 +112,12 @@ class EventWindowBuilder:
                     report.count_unknown_region(region)
                     report.note(f"event {i}: unknown region {region} (n_regions = {n})")
                     continue
-                bad = _out_of_range(kind, a, b)
+                bad = out_of_range(kind, a, b)
                 if bad is not None:
                     self._drop(i, "out_of_range", bad[1])
                     report.count_out_of_range(bad[0], f"event {i}", bad[1])
                     continue
-            except _Malformed as m:
+            except Malformed as m:
                 if self.strict:
                     raise IngestError("event", i, m.reason, m.detail, unit="index") from None
                 report.bad_lines += 1

@@ -23,35 +23,11 @@ from narset_jax.cli import main
 from narset_jax.decision_log import DecisionLogError, read_decision_log, replay
 from narset_jax.ingest import open_windows
 from narset_jax.telemetry import TELEMETRY_FIELDS
+from narset_jax.testing import synthetic_event_log
 
 R = 512  # regions in every run (the synthetic logs use the first 64; the rest are missing)
 CHUNK = 16  # windows per log part
 COMMON = ["--regions", str(R), "--chunk-windows", str(CHUNK), "--no-progress"]
-
-
-def make_log(n_windows=40, seed=0, n_regions=64):
-    """A synthetic event log: calm regions, a crisis in some, silent regions, NaNs."""
-    rng = np.random.default_rng(seed)
-    lines = []
-    for w in range(n_windows):
-        for r in range(n_regions):
-            if r % 11 == 5 and w % 3 == 1:
-                continue  # an intermittently silent region
-            crisis = r % 4 == 0 and 10 <= w < 25
-            ev = lambda kind, **x: json.dumps({"region": r, "window": w, "kind": kind, **x})  # noqa: B023,E731
-            loss = float(1.5 * np.exp(-0.05 * w) + 0.02 * rng.standard_normal())
-            lines.append(ev("loss", value=loss))
-            lines.append(ev("lstm_health", h_rms=12.0 if crisis else float(rng.uniform(1, 3))))
-            if crisis:
-                lines.append(ev("governor_rollback", panic_reason="nan"))
-                lines.append(ev("ppo_anomaly", anomaly="ratio_explosion"))
-            lines.append(ev("seed_op", op="set_alpha", delta_alpha=float(rng.normal(0, 0.1))))
-            lines.append(ev("seed_counts", active=2, fossilised=3 + w // 10))
-            lines.append(ev("growth_ratio", value=1.5 + 0.02 * w))
-            if w % 4 == 3:
-                lines.append(ev("boundary"))
-    lines.append(f'{{"region": 1, "window": {n_windows}, "kind": "loss", "value": NaN}}')
-    return lines
 
 
 def write(path, lines):
@@ -70,7 +46,7 @@ def run_cli(*argv):
 def decided(tmp_path_factory):
     """One decide run over the synthetic log, shared by the tests that only read it."""
     tmp = tmp_path_factory.mktemp("decide")
-    events = write(tmp / "events.jsonl", make_log())
+    events = write(tmp / "events.jsonl", synthetic_event_log())
     out = tmp / "log"
     code, err = run_cli(
         "decide", "--events", str(events), "--out", str(out), *COMMON, "--json", str(tmp / "s.json")
@@ -159,7 +135,7 @@ def test_replay_cli_verifies_decide_log(decided, tmp_path):
 
 
 def test_on_error_stop_names_the_line(tmp_path):
-    lines = make_log(n_windows=3)
+    lines = synthetic_event_log(n_windows=3)
     lines.insert(10, '{"region": 2, "window": 0, "kind": "loss"}')
     events = write(tmp_path / "bad.jsonl", lines)
     out = tmp_path / "log"
@@ -174,7 +150,7 @@ def test_on_error_stop_names_the_line(tmp_path):
 
 
 def test_on_error_skip_counts_in_summary(tmp_path):
-    lines = make_log(n_windows=3)
+    lines = synthetic_event_log(n_windows=3)
     bad = [
         "not json at all",
         '{"region": 0, "window": 0, "kind": "weather", "value": 1}',

@@ -127,9 +127,9 @@ def test_a_tampered_decision_is_caught(tmp_path):
     # Even with the hash forged, the replay finds the changed decision.
     mf = tmp_path / "manifest.json"
     data = json.loads(mf.read_text())
-    from narset_jax.decision_log import _sha256
+    from narset_jax.decision_log.layout import sha256_file
 
-    data["parts"][1]["sha256"] = _sha256(tmp_path / part)
+    data["parts"][1]["sha256"] = sha256_file(tmp_path / part)
     mf.write_text(json.dumps(data))
     report = replay(tmp_path)
     assert report.bad_parts == [] and report.first_mismatch == (5, 4, "x_E")

@@ -1,0 +1,45 @@
+"""The decision log: Narset's decisions as Parquet, with a manifest, and bit-for-bit replay.
+
+Layout of a log directory ``DIR``:
+
+- ``DIR/decisions/part-NNNNN.parquet``: one row per region and window, in window-major
+  order. Columns are [`narset_jax.Decision.column_names`][]: the decision fields
+  (``region``, ``step``, ``x_T``, ``x_E``, ...) then the raw inputs under their telemetry
+  names (``loss``, ..., ``valid``, ``boundary``). Each part is written to a temporary file
+  and renamed, so a part that exists is complete.
+- ``DIR/manifest.json``: written **last**. It records the config, params, seed, package
+  versions, the columns and, for every part, its row count, window range and sha256.
+  ``"complete": true`` marks a finished log; an interrupted run writes ``"complete": false``
+  with the reason (or, if it was killed outright, no manifest at all).
+- ``DIR/INCOMPLETE``: present from the first write until the manifest marks the log
+  complete. A directory with this file, or without a manifest, is not a complete log.
+
+[`narset_jax.decision_log.replay`][] feeds the logged raw inputs back through the
+controller, window by window, and compares every decision field bit for bit (or, with
+other params, reports how the decisions would differ: a what-if analysis).
+
+Modules: ``layout`` (file names, format tag, sha256), ``writer``, ``reader`` and ``replay``.
+"""
+
+from narset_jax.decision_log.layout import (
+    FORMAT,
+    FORMAT_VERSION,  # noqa: F401 - the layout's names, importable here as before
+    MANIFEST,  # noqa: F401
+    MARKER,  # noqa: F401
+    PARTS_DIR,  # noqa: F401
+)
+from narset_jax.decision_log.reader import DecisionLog, DecisionLogError, read_decision_log
+from narset_jax.decision_log.replay import ReplayReport, jitted_step, replay
+from narset_jax.decision_log.writer import DecisionLogWriter, versions
+
+__all__ = [
+    "FORMAT",
+    "DecisionLog",
+    "DecisionLogError",
+    "DecisionLogWriter",
+    "ReplayReport",
+    "jitted_step",
+    "read_decision_log",
+    "replay",
+    "versions",
+]
