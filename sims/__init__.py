@@ -1,5 +1,8 @@
-"""Simulated ecologies of regions for Narset: scenarios, dynamics, baselines, rollouts and
-metrics. See ``docs/simulator.md``.
+"""Everything that closes the loop around the Narset controller library: ecologies (the
+[`sims.Ecology`][] interface; the stylised one with its scenarios), controllers (Narset and
+the baselines behind [`sims.Controller`][]), rollouts and sharded rollouts, metrics, and
+what runs them (tuning, phase diagrams, sweeps, the simulate engine). See
+``docs/simulator.md`` and ``docs/architecture.md``.
 
 ```python
 import jax, sims
@@ -11,8 +14,28 @@ result.metrics.progress, sims.objective(result.metrics)
 ```
 """
 
-from sims.baselines import CONTROLLERS, controller_params, controller_step
-from sims.ecology import Action, Events, SimState, init, observe, sim_step, sim_transition
+from sims.baselines import controller_params, controller_step
+from sims.controllers import (
+    CONTROLLERS,
+    AlwaysOverdrive,
+    Controller,
+    FixedTargets,
+    NarsetController,
+    NoInertia,
+    SingleThreshold,
+    StaticSplit,
+    get_controller,
+)
+from sims.ecologies import ECOLOGIES, STYLISED, Ecology, Outcome, Stylised, get_ecology
+from sims.ecologies.stylised import (
+    Action,
+    Events,
+    SimState,
+    init,
+    observe,
+    sim_step,
+    sim_transition,
+)
 from sims.metrics import (
     DEFAULT_WEIGHTS,
     METRIC_NAMES,
@@ -33,6 +56,20 @@ from sims.scenario import SCENARIOS, Scenario, ScenarioError, load_scenario
 __all__ = [
     "CONTROLLERS",
     "DEFAULT_WEIGHTS",
+    "ECOLOGIES",
+    "STYLISED",
+    "AlwaysOverdrive",
+    "Controller",
+    "Ecology",
+    "FixedTargets",
+    "NarsetController",
+    "NoInertia",
+    "Outcome",
+    "SingleThreshold",
+    "StaticSplit",
+    "Stylised",
+    "get_controller",
+    "get_ecology",
     "METRIC_NAMES",
     "SCENARIOS",
     "Action",

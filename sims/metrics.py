@@ -122,18 +122,23 @@ def init_accum(n_regions: int, dtype) -> Accum:
     return Accum(n=jnp.zeros((), jnp.int32), **fields)
 
 
-def metrics_from(acc: Accum, sim_state, spoofer, pool) -> Metrics:
-    """Metrics from the accumulators, the final simulator state and the spoofer mask.
+def metrics_from(acc: Accum, outcome, pool) -> Metrics:
+    """Metrics from the accumulators and the ecology's end-of-run outcome.
 
-    ``pool``: spend a region may make per window (``params.pool``; 1 for fixed sum).
+    **Arguments:**
+
+    - ``acc``: the rollout's accumulators.
+    - ``outcome``: an ``Outcome`` (``progress``, ``growth_ratio``, ``spoofer``) as the
+      ecology's ``outcome`` method reports it.
+    - ``pool``: spend a region may make per window (``params.pool``; 1 for fixed sum).
     """
     dtype = acc.churn.dtype
     n = jnp.maximum(acc.n, 1).astype(dtype)
     per100 = 100 / n
     mean = jnp.mean
-    progress = mean((sim_state.loss0 - sim_state.loss) / (sim_state.loss0 - 1))
+    progress = outcome.progress
     total_spend = jnp.sum(acc.spend)
-    spoof = spoofer.astype(dtype)
+    spoof = outcome.spoofer.astype(dtype)
     n_spoof = jnp.sum(spoof)
     share = jnp.sum(acc.spend * spoof) / jnp.maximum(total_spend, jnp.finfo(dtype).tiny)
     capture = jnp.where(n_spoof > 0, share - mean(spoof), 0)
@@ -153,7 +158,7 @@ def metrics_from(acc: Accum, sim_state, spoofer, pool) -> Metrics:
         mean_x_E=mean(acc.x_E) / n,
         lysis=mean(acc.lysis) * per100,
         panics=mean(acc.panics) * per100,
-        growth_ratio=mean(1 + sim_state.cap + sim_state.bloat),
+        growth_ratio=outcome.growth_ratio,
         missing=mean(acc.missing) / n,
     )
 

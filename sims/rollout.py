@@ -1,4 +1,5 @@
-"""Closed-loop rollouts: controller and ecology in one ``lax.scan``.
+"""Closed-loop rollouts: a [`sims.Controller`][] and an [`sims.Ecology`][] in one
+``lax.scan``.
 
 Window ``t``: the controller reads the telemetry of window ``t - 1`` (before the first
 window, the noise-free [`sims.observe`][] of the initial state) and decides; the ecology
@@ -21,19 +22,12 @@ import jax.numpy as jnp
 
 from narset_jax.hysteresis import gate
 from narset_jax.params import NarsetParams
-from narset_jax.step import Decision, NarsetState, init_state
+from narset_jax.step import Decision, NarsetState
 from narset_jax.telemetry import Telemetry
-from sims.baselines import check_controller, controller_step
-from sims.ecology import (
-    Action,
-    Events,
-    SimState,
-    _check_dtype,
-    _check_n,
-    init,
-    observe,
-    sim_transition,
-)
+from sims.checks import check_dtype, check_n_regions, check_n_steps
+from sims.controllers import Controller, get_controller
+from sims.ecologies import Ecology, get_ecology
+from sims.ecologies.stylised import Action, Events, SimState
 from sims.metrics import Accum, Metrics, init_accum, metrics_from
 from sims.scenario import Scenario
 
@@ -55,12 +49,13 @@ AUTHORITY_TEMP = 0.05
 class RolloutCarry(eqx.Module):
     """Everything a rollout carries between windows.
 
-    **Fields:** ``sim`` ([`sims.SimState`][]), ``ctl`` ([`narset_jax.NarsetState`][]),
+    **Fields:** ``sim`` (the ecology's state, e.g. [`sims.SimState`][]), ``ctl`` (the
+    controller's, [`narset_jax.NarsetState`][]),
     ``telemetry`` (the telemetry the controller reads next), ``acc`` (metric
     accumulators), ``t`` (the next window's index, int32 scalar).
     """
 
-    sim: SimState
+    sim: SimState | Any
     ctl: NarsetState
     telemetry: Telemetry
     acc: Accum
@@ -136,12 +131,13 @@ def _materialised(fn, t, *operands):
     return jax.lax.cond(t >= 0, fn, fn, *operands)
 
 
-def _window(params, scenario, controller, carry: RolloutCarry):
-    ctl, d = controller_step(params, controller, carry.ctl, carry.telemetry)
-    return advance(params, scenario, carry, ctl, d)
+def _window(params, scenario, controller: Controller, ecology: Ecology, carry: RolloutCarry):
+    ctl, d = controller.step(params, carry.ctl, carry.telemetry)
+    return advance(params, scenario, carry, ctl, d, ecology=ecology)
 
 
-def advance(params: NarsetParams, scenario: Scenario, carry: RolloutCarry, ctl, d):
+def advance(params: NarsetParams, scenario: Scenario, carry: RolloutCarry, ctl, d, *,
+            ecology: Ecology | str | None = None):
     """The ecology's half of a window: given the controller's new state ``ctl`` and its
     decision ``d`` (made from ``carry.telemetry``), run the ecology one window, update the
     accumulators and return ``(carry, (d, telemetry, events))``.
@@ -151,15 +147,19 @@ def advance(params: NarsetParams, scenario: Scenario, carry: RolloutCarry, ctl, 
     ``narset replay`` re-runs) call the controller as its own jitted step and then this:
     XLA on CPU contracts multiply-adds into FMAs differently in different fusions, so the
     same maths compiled into a larger program can differ in the last bit.
+
+    ``ecology``: an [`sims.Ecology`][] or its name (default: the stylised one);
+    ``scenario`` is its params.
     """
+    ecology = get_ecology(ecology)
     variant = params.hysteresis
     sim = carry.sim
     action = _action(params, d, variant)
     if variant == "hard":
-        sim_new, tel, ev = sim_transition(scenario, sim, action, carry.t, relax=variant)
+        sim_new, tel, ev = ecology.step(scenario, sim, action, carry.t, relax=variant)
     else:
         sim_new, tel, ev = _materialised(
-            partial(sim_transition, relax=variant), carry.t, scenario, sim, action, carry.t
+            partial(ecology.step, relax=variant), carry.t, scenario, sim, action, carry.t
         )
     acc = carry.acc
     dtype = d.x_T.dtype
@@ -195,18 +195,21 @@ def rollout_init(
     *,
     dtype=jnp.float32,
     region_ids=None,
+    controller: Controller | str = "narset",
+    ecology: Ecology | str | None = None,
 ) -> RolloutCarry:
     """The carry before the first window: fresh ecology and controller, the initial
     observation, zeroed accumulators."""
     del params
-    n = _check_n(n_regions)
-    dtype = _check_dtype(dtype)
-    sim = init(key, n, scenario, dtype, region_ids=region_ids)
-    ctl = init_state(n, dtype, region_ids=sim.region)
+    n = check_n_regions(n_regions)
+    dtype = check_dtype(dtype)
+    ecology = get_ecology(ecology)
+    sim = ecology.init(key, n, scenario, dtype=dtype, region_ids=region_ids)
+    ctl = get_controller(controller).init(n, dtype, region_ids=sim.region)
     return RolloutCarry(
         sim=sim,
         ctl=ctl,
-        telemetry=observe(scenario, sim),
+        telemetry=ecology.observe(scenario, sim),
         acc=init_accum(n, dtype),
         t=jnp.zeros((), jnp.int32),
     )
@@ -218,7 +221,8 @@ def rollout_chunk(
     carry: RolloutCarry,
     n_steps: int,
     *,
-    controller: str = "narset",
+    controller: Controller | str = "narset",
+    ecology: Ecology | str | None = None,
     record: bool = False,
     checkpoint: bool = False,
 ):
@@ -227,17 +231,18 @@ def rollout_chunk(
     **Returns:** ``(carry, records)``; ``records`` is ``(decisions, telemetry, events)``
     stacked along a leading time axis when ``record`` is true, else ``None``.
     """
-    check_controller(controller)
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps <= 0:
-        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+    controller = get_controller(controller)
+    ecology = get_ecology(ecology)
+    check_n_steps(n_steps)
 
     # Per-region constants are closed over instead of carried: a carried array is copied
     # every window, and a gradient saves it once per window as a residual.
-    consts, moving = _split_constants(carry)
+    names = ecology.constant_fields
+    consts, moving = _split_constants(carry, names)
 
     def body(c, _):
-        c, out = _window(params, scenario, controller, _join_constants(consts, c))
-        return _split_constants(c)[1], (out if record else None)
+        c, out = _window(params, scenario, controller, ecology, _join_constants(consts, c))
+        return _split_constants(c, names)[1], (out if record else None)
 
     if checkpoint:
         body = jax.checkpoint(body)
@@ -245,17 +250,11 @@ def rollout_chunk(
     return _join_constants(consts, moving), records
 
 
-# SimState and NarsetState fields that no window changes (ids, key words, traits).
-_SIM_CONSTANTS = (
-    "region", "k0", "k1", "g0", "g1", "lr", "fragility", "noise_mult", "scale",
-    "bloat_prop", "spoof_u", "pos", "loss0",
-)
-
-
-def _split_constants(carry: RolloutCarry):
-    """``(constants, carry without them)``: the removed fields are ``None`` in the carry."""
-    consts = {k: getattr(carry.sim, k) for k in _SIM_CONSTANTS}, carry.ctl.region
-    sim = dataclasses.replace(carry.sim, **dict.fromkeys(_SIM_CONSTANTS))
+def _split_constants(carry: RolloutCarry, names: tuple[str, ...]):
+    """``(constants, carry without them)``: the removed fields (the ecology state's
+    ``names`` and the controller's region ids) are ``None`` in the carry."""
+    consts = {k: getattr(carry.sim, k) for k in names}, carry.ctl.region
+    sim = dataclasses.replace(carry.sim, **dict.fromkeys(names))
     ctl = dataclasses.replace(carry.ctl, region=None)
     return consts, dataclasses.replace(carry, sim=sim, ctl=ctl)
 
@@ -273,31 +272,34 @@ def _pool(params: NarsetParams, dtype):
     return params.pool.astype(dtype)
 
 
-def rollout_metrics(params: NarsetParams, scenario: Scenario, carry: RolloutCarry) -> Metrics:
+def rollout_metrics(params: NarsetParams, scenario: Scenario, carry: RolloutCarry, *,
+                    ecology: Ecology | str | None = None) -> Metrics:
     """The [`sims.Metrics`][] of the windows run so far."""
-    sim = carry.sim
-    dtype = sim.health.dtype
-    spoofer = sim.spoof_u < scenario.astype(dtype).spoofer_fraction
-    return metrics_from(carry.acc, sim, spoofer, _pool(params, dtype))
+    outcome = get_ecology(ecology).outcome(scenario, carry.sim)
+    dtype = carry.acc.churn.dtype
+    return metrics_from(carry.acc, outcome, _pool(params, dtype))
 
 
 @partial(
     jax.jit,
-    static_argnames=("n_regions", "n_steps", "controller", "record", "checkpoint", "dtype"),
+    static_argnames=("n_regions", "n_steps", "controller", "ecology", "record", "checkpoint",
+                     "dtype"),
 )
-def _rollout(params, scenario, key, region_ids, n_regions, n_steps, controller, record,
+def _rollout(params, scenario, key, region_ids, n_regions, n_steps, controller, ecology, record,
              checkpoint, dtype):
-    carry = rollout_init(params, scenario, key, n_regions, dtype=dtype, region_ids=region_ids)
+    carry = rollout_init(params, scenario, key, n_regions, dtype=dtype, region_ids=region_ids,
+                         controller=controller, ecology=ecology)
     carry, records = rollout_chunk(
         params,
         scenario,
         carry,
         n_steps,
         controller=controller,
+        ecology=ecology,
         record=record,
         checkpoint=checkpoint,
     )
-    metrics = rollout_metrics(params, scenario, carry)
+    metrics = rollout_metrics(params, scenario, carry, ecology=ecology)
     d, tel, ev = records if record else (None, None, None)
     return RolloutResult(metrics=metrics, final=carry, decisions=d, telemetry=tel, events=ev)
 
@@ -309,7 +311,8 @@ def rollout(
     n_regions: int,
     n_steps: int,
     *,
-    controller: str = "narset",
+    controller: Controller | str = "narset",
+    ecology: Ecology | str | None = None,
     record: bool = False,
     checkpoint: bool = False,
     dtype=jnp.float32,
@@ -327,11 +330,13 @@ def rollout(
 
     - ``params``: [`narset_jax.NarsetParams`][]. For the global pool (``budget="global"``)
       the pool is ``params.pool * n_regions``.
-    - ``scenario``: a [`sims.Scenario`][]. Its metadata (name, recommended budget) is
-      ignored here; apply a recommended budget with ``scenario.recommended_params(params)``.
+    - ``scenario``: the ecology's params: for the stylised ecology a [`sims.Scenario`][].
+      Its metadata (name, recommended budget) is ignored here; apply a recommended budget
+      with ``scenario.recommended_params(params)``.
     - ``key``: a PRNG key.
     - ``n_regions``, ``n_steps``: positive ints.
-    - ``controller``: one of [`sims.CONTROLLERS`][].
+    - ``controller``: a [`sims.Controller`][] or one of the names [`sims.CONTROLLERS`][].
+    - ``ecology``: an [`sims.Ecology`][] or its name (default: the stylised ecology).
     - ``record``: also return every window's decisions, telemetry and events (``[T, N]``).
     - ``checkpoint``: wrap the scan body in ``jax.checkpoint`` (memory-flat gradients of
       long rollouts).
@@ -341,23 +346,24 @@ def rollout(
 
     **Returns:** a [`sims.RolloutResult`][].
     """
-    check_controller(controller)
-    n = _check_n(n_regions)
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps <= 0:
-        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
-    dtype = _check_dtype(dtype)
+    controller = get_controller(controller)
+    ecology = get_ecology(ecology)
+    n = check_n_regions(n_regions)
+    check_n_steps(n_steps)
+    dtype = check_dtype(dtype)
     if region_ids is None:
         region_ids = jnp.arange(n, dtype=jnp.int32)
     else:
         region_ids = jnp.asarray(region_ids).astype(jnp.int32)
     return _rollout(
         params,
-        scenario.without_metadata(),
+        ecology.prepare(scenario),
         key,
         region_ids,
         n,
         n_steps,
         controller,
+        ecology,
         record,
         checkpoint,
         dtype.type,

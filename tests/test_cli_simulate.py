@@ -146,7 +146,7 @@ def test_bad_scenario_file_names_file_and_line(tmp_path, capsys):
 
 def test_budget_mode_comes_from_flag_then_file_then_scenario(tmp_path):
     import sims
-    from narset_jax.cli.simulate import resolve_params
+    from sims.simulate import resolve_params
 
     spoof = sims.load_scenario("spoofing")
     assert resolve_params(None, spoof, None).budget == "global"

@@ -14,7 +14,8 @@ from process_workers import free_port, run_workers
 
 import sims
 from narset_jax.params import NarsetParams
-from narset_jax.sharding import region_mesh, sharded_rollout
+from narset_jax.sharding import region_mesh
+from sims.sharding import sharded_rollout
 
 # The repository root (this file may live in tests/ or wip/tests/).
 N, T, SEED = 96, 5, 3
@@ -33,7 +34,8 @@ WORKER = textwrap.dedent(
     import jax
     import sims
     from narset_jax.params import NarsetParams
-    from narset_jax.sharding import region_mesh, sharded_rollout
+    from narset_jax.sharding import region_mesh
+    from sims.sharding import sharded_rollout
     mesh = region_mesh(setup.devices)
     out = {{"process": setup.process_id, "processes": setup.num_processes,
            "devices": len(setup.devices),

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import sims
-from narset_jax import phase
 from narset_jax.params import NarsetParams
-from narset_jax.phase import (
+from sims import phase
+from sims.phase import (
     AXIS_NAMES,
     EWMA_FIELDS,
     GAP_FLOOR,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from narset_jax.cli import main
-from narset_jax.phase import AXIS_NAMES, METRICS
+from sims.phase import AXIS_NAMES, METRICS
 
 
 def _run(capsys, *argv):
@@ -61,13 +61,13 @@ def test_bad_options_exit_2(capsys, tmp_path, extra, message):
 
 
 def test_interrupted_compute_writes_nothing(capsys, tmp_path, monkeypatch):
-    import narset_jax.phase
+    import sims.phase
 
     def interrupted(*args, on_progress=None, **kwargs):
         on_progress(0, 4)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(narset_jax.phase, "phase_grid", interrupted)
+    monkeypatch.setattr(sims.phase, "phase_grid", interrupted)
     rc, err = _run(capsys, "--x", "beta:0.1:1:2", "--y", "gap:0:0.5:2", *BASE,
                    "--out", str(tmp_path / "o"), "--json", str(tmp_path / "s.json"))
     assert rc == 130 and "interrupted" in err

@@ -15,9 +15,8 @@ from narset_jax.sharding import (
     padded_size,
     region_mesh,
     region_specs,
-    rollout_runner,
-    sharded_rollout,
 )
+from sims.sharding import rollout_runner, sharded_rollout
 
 # Per-region runs use N = 1002, not a multiple of 4: the per-region path pads to 1004 and
 # drops 2. The global pool cannot pad (extra regions would spend the pool), so its runs use
@@ -199,7 +198,7 @@ def test_per_window_steps_match_simulate_loop(crisis, region_runs):
     ctl_step = jax.jit(lambda p, s, tel: controller_step(p, "narset", s, tel))
     eco_step = jax.jit(advance)
     for _ in range(3):
-        ctl, d = runner.controller(params, carry.ctl, carry.telemetry)
+        ctl, d = runner.controller_step(params, carry.ctl, carry.telemetry)
         assert d.x_T.sharding.spec == P(AXIS)
         carry, (d, _, _) = runner.advance(params, crisis, carry, ctl, d)
         ref_ctl, ref_d = ctl_step(params, ref.ctl, ref.telemetry)

@@ -20,9 +20,14 @@ def test_shipped_names_and_files():
         assert sc.description
 
 
-def test_cli_lists_match_the_library():
-    assert cli_simulate.SCENARIOS == sims.SCENARIOS
-    assert cli_simulate.CONTROLLERS == sims.CONTROLLERS
+def test_cli_choices_come_from_the_library():
+    import argparse
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    parser = cli_simulate.add_parser(sub)
+    choices = {a.dest: a.choices for a in parser._actions}
+    assert tuple(choices["controller"]) == sims.CONTROLLERS
+    assert all(name in parser.description for name in sims.SCENARIOS)
 
 
 def test_float_leaves_are_vmappable_arrays():

@@ -7,7 +7,7 @@ import pytest
 
 from narset_jax.cli import main
 from narset_jax.distributed import DeviceError, parse_device_counts
-from narset_jax.sweep import parse_sizes, summarise
+from sims.sweep import parse_sizes, summarise
 
 
 def test_parse_sizes_and_devices():
@@ -62,7 +62,7 @@ def test_sweep_bad_input_is_one_line(argv, message, capsys):
 
 
 def test_summarise_linearity():
-    from narset_jax.sweep import SweepRow
+    from sims.sweep import SweepRow
 
     def row(n, s):
         return SweepRow(n, 1, 10, "region", "shard_map", 1.0, s, [s], n * 10 / s,

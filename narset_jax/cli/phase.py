@@ -25,7 +25,7 @@ from narset_jax.errors import UserError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from narset_jax.phase import AXIS_NAMES, CHURN_REF, FLAP_REF
+    from sims.phase import AXIS_NAMES, CHURN_REF, FLAP_REF
 
     p = subparsers.add_parser(
         "phase",
@@ -78,7 +78,7 @@ def _check_name(name: str) -> str:
 
 
 def _overrides(items, params, axes):
-    from narset_jax.phase import AXES
+    from sims.phase import AXES
 
     changes = {}
     for item in items:
@@ -150,8 +150,8 @@ def run(args) -> int:
     import sims
     from narset_jax.atomic import write_json, write_text
     from narset_jax.params import NarsetParams
-    from narset_jax.phase import Axis, axis_coordinate, cell_values, phase_grid
     from narset_jax.plots.phase import plot_phase
+    from sims.phase import Axis, axis_coordinate, cell_values, phase_grid
 
     x = Axis.parse(args.x)
     y = Axis.parse(args.y)

@@ -78,7 +78,7 @@ def run(args) -> int:
 
     # Devices and processes first: nothing may touch a JAX backend before this.
     setup = setup_devices(args)
-    from narset_jax.sweep import parse_sizes
+    from sims.sweep import parse_sizes
 
     sizes = parse_sizes(args.regions)
     if args.steps <= 0:
@@ -89,7 +89,7 @@ def run(args) -> int:
 
     import sims
     from narset_jax.atomic import write_json
-    from narset_jax.sweep import machine, rows_as_dicts, run_sweep, summarise
+    from sims.sweep import machine, rows_as_dicts, run_sweep, summarise
 
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)

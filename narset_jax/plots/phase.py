@@ -1,6 +1,6 @@
 """Heatmaps of a stability phase diagram, with the thrash boundary and parameter markers.
 
-Draws from the plain-data form of a grid ([`narset_jax.phase.PhaseGrid.to_dict`][], also
+Draws from the plain-data form of a grid ([`sims.phase.PhaseGrid.to_dict`][], also
 what ``narset phase`` writes as JSON), so a saved grid can be drawn again without rerunning:
 
     python -m narset_jax.plots.phase --grid out/phase/phase.json --out out/phase/phase.png

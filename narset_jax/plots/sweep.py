@@ -20,7 +20,7 @@ def plot_sweep(rows: Sequence[Mapping], path, *, title: str | None = None):
 
     **Arguments:**
 
-    - ``rows``: sweep rows as dicts (``narset_jax.sweep.rows_as_dicts`` or the ``rows``
+    - ``rows``: sweep rows as dicts (``sims.sweep.rows_as_dicts`` or the ``rows``
       of ``narset sweep --json``).
     - ``path``: output image (PNG or SVG by suffix), written atomically.
     - ``title``: figure title.

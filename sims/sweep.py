@@ -2,7 +2,7 @@
 (controller plus simulator) against the number of regions and devices.
 
 For each device count ``D`` and each size ``N``: build a sharded rollout
-([`narset_jax.sharding.ShardedRollout`][]), time tracing plus compilation of a chunk of
+([`sims.sharding.ShardedRollout`][]), time tracing plus compilation of a chunk of
 ``T`` windows, run it ``warmup`` times, then time ``repeats`` runs (each waits for the
 result with ``block_until_ready``). Throughput is ``N * T / median time`` in region-windows
 per second. Memory is XLA's own account of the compiled chunk per device (arguments,
@@ -160,6 +160,8 @@ def run_sweep(
     seed: int = 0,
     progress: bool = True,
     on_row: Callable[[SweepRow], None] | None = None,
+    controller="narset",
+    ecology=None,
 ) -> list[SweepRow]:
     """Measure the closed loop at every (device count, size).
 
@@ -176,6 +178,8 @@ def run_sweep(
     - ``seed``: PRNG seed.
     - ``progress``: show a progress bar (stderr).
     - ``on_row``: called with each finished row.
+    - ``controller``, ``ecology``: as in [`sims.rollout`][] (``scenario`` is the
+      ecology's params).
 
     **Returns:** the rows, device count major, size minor.
     """
@@ -183,9 +187,11 @@ def run_sweep(
     import jax.numpy as jnp
     from tqdm.auto import tqdm
 
-    import sims
     from narset_jax.params import NarsetParams
-    from narset_jax.sharding import ShardedRollout, collectives, region_mesh
+    from narset_jax.sharding import collectives, region_mesh
+    from sims.ecologies import get_ecology
+    from sims.scenario import load_scenario
+    from sims.sharding import ShardedRollout
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
         raise SweepError(f"--steps must be a positive integer, got {steps!r}")
@@ -193,7 +199,8 @@ def run_sweep(
         raise SweepError("--repeats must be >= 1 and --warmup >= 0")
     params = NarsetParams() if params is None else params
     params = params.replace(budget=budget)
-    sc = sims.load_scenario(scenario)
+    sc = load_scenario(scenario)
+    eco = get_ecology(ecology)
     dt = jnp.dtype(dtype)
     key = jax.random.key(seed)
     rows: list[SweepRow] = []
@@ -202,12 +209,12 @@ def run_sweep(
     for d, n in bar:
         bar.set_postfix_str(f"D={d} N={n:.0e}")
         mesh = region_mesh(d)
-        runner = ShardedRollout(params, n, mesh, dtype=dt)
+        runner = ShardedRollout(params, n, mesh, controller=controller, ecology=eco, dtype=dt)
         carry = jax.block_until_ready(runner.init(params, sc, key))
         t0 = time.perf_counter()
         compiled = runner.lower_chunk(params, sc, carry, steps, donate=True).compile()
         compile_s = time.perf_counter() - t0
-        scw = sc.without_metadata()
+        scw = eco.prepare(sc)
         # The carry is donated (updated in place, as in a real run) and chained from call to
         # call: every timed call runs T further windows.
         for _ in range(warmup):

@@ -30,6 +30,9 @@ import numpy as np
 
 from narset_jax.errors import UserError
 from narset_jax.params import NarsetParams
+from sims.controllers import get_controller
+from sims.ecologies import get_ecology
+from sims.rollout import rollout
 
 __all__ = [
     "AXES",
@@ -164,9 +167,9 @@ def _num(text: str) -> float:
 class Axis:
     """One axis of a phase diagram: ``n`` evenly spaced values from ``lo`` to ``hi``.
 
-    **Fields:** ``name`` (one of [`narset_jax.phase.AXIS_NAMES`][]), ``lo < hi`` (finite),
+    **Fields:** ``name`` (one of [`sims.phase.AXIS_NAMES`][]), ``lo < hi`` (finite),
     ``n >= 2`` (the resolution). Validated on construction with a one-line
-    [`narset_jax.phase.PhaseError`][].
+    [`sims.phase.PhaseError`][].
     """
 
     name: str
@@ -248,12 +251,12 @@ def axis_fields(name: str, values, params: NarsetParams, scenario) -> dict[str, 
       ``theta_enter <= 1``.
     - ``k``: ``k_enter = k - d/2``, ``k_exit = k + d/2`` with ``d = k_exit - k_enter`` of the
       base; needs ``k_enter >= 1``.
-    - ``ewma``: every field of [`narset_jax.phase.EWMA_FIELDS`][] set to the value.
+    - ``ewma``: every field of [`sims.phase.EWMA_FIELDS`][] set to the value.
     - the others: the field of the same name.
 
     **Returns:** ``field -> float64 array`` shaped like ``values``.
 
-    **Raises:** [`narset_jax.phase.PhaseError`][] naming the value that breaks a rule above.
+    **Raises:** [`sims.phase.PhaseError`][] naming the value that breaks a rule above.
     Per-field ranges are checked later, when the grid's params are built.
     """
     v = np.asarray(values, dtype=np.float64)
@@ -287,7 +290,7 @@ def axis_fields(name: str, values, params: NarsetParams, scenario) -> dict[str, 
 
 def axis_coordinate(name: str, params: NarsetParams, scenario) -> float:
     """Where ``params`` (and ``scenario``) sit on an axis: the inverse of
-    [`narset_jax.phase.axis_fields`][]. For ``ewma`` the mean of the four rates."""
+    [`sims.phase.axis_fields`][]. For ``ewma`` the mean of the four rates."""
     if name == "gap":
         return _plain(params.theta_enter) - _plain(params.theta_exit)
     if name == "k":
@@ -308,7 +311,7 @@ def cell_values(x: Axis, y: Axis, params: NarsetParams, scenario):
 
     **Returns:** ``(param_values, scenario_values)``, each ``field -> float64 [ny * nx]``.
 
-    **Raises:** [`narset_jax.phase.PhaseError`][] when the axes clash or a value is outside
+    **Raises:** [`sims.phase.PhaseError`][] when the axes clash or a value is outside
     its field's range (the message names the axis and the field's allowed range).
     """
     if x.name == y.name:
@@ -343,18 +346,19 @@ def _substitute(module, values: Mapping[str, jax.Array]):
     )
 
 
-@partial(jax.jit, static_argnames=("n_regions", "n_steps", "controller", "dtype"))
-def _grid_chunk(params, scenario, pvals, svals, keys, *, n_regions, n_steps, controller, dtype):
+@partial(jax.jit, static_argnames=("n_regions", "n_steps", "controller", "ecology", "dtype"))
+def _grid_chunk(params, scenario, pvals, svals, keys, *, n_regions, n_steps, controller, ecology,
+                dtype):
     """Metrics ``name -> [cells, seeds]`` for a chunk of cells: vmap over cells, then over
     seeds, of one closed-loop rollout."""
-    from sims import rollout
 
     def cell(pv, sv):
         p = _substitute(params, pv)
         s = _substitute(scenario, sv)
 
         def one(key):
-            m = rollout(p, s, key, n_regions, n_steps, controller=controller, dtype=dtype)
+            m = rollout(p, s, key, n_regions, n_steps, controller=controller, ecology=ecology,
+                        dtype=dtype)
             return {name: getattr(m.metrics, name) for name in _RAW}
 
         return jax.vmap(one)(keys)
@@ -385,11 +389,11 @@ def _compiled_chunk(args, static):
 
 @dataclasses.dataclass
 class PhaseGrid:
-    """The result of [`narset_jax.phase.phase_grid`][].
+    """The result of [`sims.phase.phase_grid`][].
 
     **Fields:**
 
-    - ``x``, ``y``: the [`narset_jax.phase.Axis`][] of each direction.
+    - ``x``, ``y``: the [`sims.phase.Axis`][] of each direction.
     - ``samples``: ``metric -> [ny, nx, S]`` float64, per seed (``thrash`` included).
     - ``mean``, ``std``: ``metric -> [ny, nx]``: mean and sample standard deviation
       (``ddof=1``; 0 when ``S = 1``) over seeds.
@@ -462,7 +466,8 @@ def phase_grid(
     n_steps: int,
     n_seeds: int,
     seed: int = 0,
-    controller: str = "narset",
+    controller="narset",
+    ecology=None,
     dtype=jnp.float32,
     chunks: int | None = None,
     flap_ref: float = FLAP_REF,
@@ -473,13 +478,15 @@ def phase_grid(
 
     **Arguments:**
 
-    - ``x``, ``y``: the two [`narset_jax.phase.Axis`][] (different names).
+    - ``x``, ``y``: the two [`sims.phase.Axis`][] (different names).
     - ``scenario``: a [`sims.Scenario`][] (the base for scenario axes).
     - ``params``: base [`narset_jax.NarsetParams`][] (default: the defaults).
     - ``n_regions``, ``n_steps``, ``n_seeds``: ``R``, ``T`` and ``S`` per cell.
     - ``seed``: the base PRNG seed. Every cell uses the same ``S`` keys (common random
       numbers), so differences between cells come from the swept values, not the draws.
-    - ``controller``: one of [`sims.CONTROLLERS`][].
+    - ``controller``: a [`sims.Controller`][] or one of [`sims.CONTROLLERS`][].
+    - ``ecology``: an [`sims.Ecology`][] or its name (default: the stylised ecology);
+      ``scenario`` is its params.
     - ``dtype``: the rollout dtype (``jnp.float32`` or ``jnp.float64``).
     - ``chunks``: how many equal chunks of rows to run (the same compiled call each; the
       last chunk is padded). ``1`` runs the whole grid as one call. ``None`` (default):
@@ -489,10 +496,8 @@ def phase_grid(
     - ``on_progress``: called as ``on_progress(done_cells, total_cells)`` once compilation is
       over (``done_cells = 0``) and after each chunk.
 
-    **Returns:** a [`narset_jax.phase.PhaseGrid`][].
+    **Returns:** a [`sims.phase.PhaseGrid`][].
     """
-    import sims
-
     params = NarsetParams() if params is None else params
     _positive_int("regions", n_regions)
     _positive_int("steps", n_steps)
@@ -501,17 +506,17 @@ def phase_grid(
         per_row = x.n * n_seeds * n_regions
         chunks = min(y.n, max(8, -(-y.n * per_row // CHUNK_REGIONS)))
     _positive_int("chunks", chunks)
-    if controller not in sims.CONTROLLERS:
-        raise PhaseError(
-            f"unknown controller {controller!r}; valid: {', '.join(sims.CONTROLLERS)}"
-        )
+    try:
+        ctl, eco = get_controller(controller), get_ecology(ecology)
+    except ValueError as err:
+        raise PhaseError(str(err)) from None
     if not (flap_ref > 0 and churn_ref > 0):
         raise PhaseError("flap_ref and churn_ref must be > 0")
     dtype = jnp.dtype(dtype)
     if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
         raise PhaseError(f"dtype must be float32 or float64, got {dtype}")
     pv, sv = cell_values(x, y, params, scenario)
-    base_s = scenario.without_metadata()
+    base_s = eco.prepare(scenario)
     nx, ny = x.n, y.n
     total = nx * ny
     rows_per = -(-ny // min(chunks, ny))
@@ -523,7 +528,8 @@ def phase_grid(
         return {k: jnp.asarray(v[idx], dtype) for k, v in vals.items()}
 
     keys = jax.random.split(jax.random.key(seed), n_seeds)
-    static = dict(n_regions=n_regions, n_steps=n_steps, controller=controller, dtype=dtype.type)
+    static = dict(n_regions=n_regions, n_steps=n_steps, controller=ctl, ecology=eco,
+                  dtype=dtype.type)
     t0 = time.perf_counter()
     compiled = _compiled_chunk((params, base_s, take(pv, 0), take(sv, 0), keys), static)
     compile_s = time.perf_counter() - t0
@@ -556,7 +562,7 @@ def phase_grid(
         "steps": n_steps,
         "seeds": n_seeds,
         "seed": seed,
-        "controller": controller,
+        "controller": ctl.name,
         "dtype": dtype.name,
         "chunks": n_chunks,
         "thrash": {

@@ -1,0 +1,217 @@
+"""The `Controller` interface: Narset and the baselines, one small class each.
+
+A controller turns telemetry into decisions, window by window:
+
+    state = controller.init(n_regions, dtype)
+    state, decision = controller.step(params, state, telemetry)
+
+Controllers are ``equinox`` modules with no array fields, so an instance is hashable and
+equal to any other instance of its class: it is chosen once, outside ``jit`` (from a name
+with [`sims.get_controller`][] where a string comes from the CLI or a TOML file), and
+passed to jitted code as a static argument. Every controller emits a full
+[`narset_jax.Decision`][], so rollouts, metrics, logs and replay treat them alike.
+
+Shipped (``CONTROLLERS`` lists their names, in table order):
+
+- ``"narset"`` ([`sims.NarsetController`][]): the controller as configured.
+- ``"static_split"``: fixed targets ``(pool / 2, pool / 2)`` (the pool split evenly).
+- ``"single_threshold"``: one need threshold, no dwell: ``theta_enter`` and ``theta_exit``
+  both at their midpoint (``theta_exit`` a hair below, as the params require
+  ``theta_exit < theta_enter``) and ``k_enter = k_exit = 1``.
+- ``"no_inertia"``: ``beta = 1``.
+- ``"always_overdrive"``: fixed targets ``(1.25, 0.25)``: Tamiyo in overdrive, Emrakul at a
+  probing heartbeat.
+
+Adding a controller: subclass [`sims.Controller`][] (or one of the two families below),
+give it a ``name`` and register it in ``REGISTRY`` here. Nothing else changes: the CLI's
+``--controller`` choices, the baseline table and ``narset replay`` read the registry.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import ClassVar
+
+import equinox as eqx
+import jax.numpy as jnp
+
+from narset_jax.authority import authority
+from narset_jax.budget import overdrive_cost
+from narset_jax.params import NarsetParams
+from narset_jax.step import Decision, NarsetState, init_state, narset_step
+from narset_jax.telemetry import Telemetry
+
+__all__ = [
+    "CONTROLLERS",
+    "OVERDRIVE_TARGETS",
+    "REGISTRY",
+    "AlwaysOverdrive",
+    "Controller",
+    "FixedTargets",
+    "NarsetController",
+    "NoInertia",
+    "SingleThreshold",
+    "StaticSplit",
+    "get_controller",
+]
+
+OVERDRIVE_TARGETS = (1.25, 0.25)
+# theta_exit sits this far below theta_enter for the single-threshold baseline.
+SINGLE_GAP = 1e-4
+
+
+def project(params, t_T, t_E):  # TEMP until the shared budget-mode dispatch lands
+    from narset_jax.budget import project_budget, project_fixed_sum, project_global_pool
+    if params.budget == "region":
+        a = project_budget(t_T, t_E, pool=params.pool, alpha=params.alpha, cost=params.cost)
+        return a.x_T, a.x_E, a.spent, a.price
+    if params.budget == "global":
+        n = t_T.shape[-1]
+        g = project_global_pool(t_T, t_E, pool_total=params.pool * n, alpha=params.alpha,
+                                cost=params.cost)
+        return g.x_T, g.x_E, g.spent, jnp.broadcast_to(g.price, t_T.shape)
+    a = project_fixed_sum(t_T, t_E)
+    return a.x_T, a.x_E, a.spent, a.price
+
+
+class Controller(eqx.Module):
+    """What a controller provides. Implementations have no array fields (they are static
+    configuration); everything tunable lives in the params passed to ``step``.
+
+    **Must provide:** ``name`` (a class attribute, the CLI and log name) and ``step``.
+    """
+
+    name: ClassVar[str]
+
+    def init(self, n_regions: int, dtype=jnp.float32, *, region_ids=None) -> NarsetState:
+        """A fresh state for ``n_regions`` regions (every shipped controller carries a
+        [`narset_jax.NarsetState`][], so its decisions carry the smoothed signals)."""
+        return init_state(n_regions, dtype, region_ids=region_ids)
+
+    def effective_params(self, params: NarsetParams) -> NarsetParams:
+        """The params this controller actually runs with (works on traced params)."""
+        return params
+
+    @abc.abstractmethod
+    def step(
+        self, params: NarsetParams, state: NarsetState, telemetry: Telemetry
+    ) -> tuple[NarsetState, Decision]:
+        """One window for every region: ``(state, telemetry) -> (state, decision)``."""
+
+
+class NarsetController(Controller):
+    """Narset itself: [`narset_jax.step.narset_step`][] with the params as given, or as
+    [`NarsetController.effective_params`][] changes them in a subclass."""
+
+    name: ClassVar[str] = "narset"
+
+    def step(self, params, state, telemetry):
+        return narset_step(self.effective_params(params), state, telemetry)
+
+
+class SingleThreshold(NarsetController):
+    """Narset without hysteresis: one threshold at the midpoint, no dwell."""
+
+    name: ClassVar[str] = "single_threshold"
+
+    def effective_params(self, params):
+        mid = 0.5 * (params.theta_enter + params.theta_exit)
+        one = jnp.ones_like(params.k_enter)
+        return dataclasses.replace(
+            params,
+            theta_enter=mid,
+            theta_exit=mid - SINGLE_GAP,
+            k_enter=one,
+            k_exit=one,
+        )
+
+
+class NoInertia(NarsetController):
+    """Narset with ``beta = 1``: targets jump at once."""
+
+    name: ClassVar[str] = "no_inertia"
+
+    def effective_params(self, params):
+        return dataclasses.replace(params, beta=jnp.ones_like(params.beta))
+
+
+class FixedTargets(Controller):
+    """A baseline with fixed targets. It still runs Narset's whole step (so its decision
+    records carry the same smoothed signals and scores), then replaces the targets: the
+    projection (under the params' budget mode) and authority are recomputed from the fixed
+    targets, and the mode is reported as a constant 0 (it has no modes).
+
+    **Must provide:** ``name`` and ``targets``.
+    """
+
+    @abc.abstractmethod
+    def targets(self, params: NarsetParams, like) -> tuple:
+        """The fixed targets ``(t_T, t_E)``, shaped like ``like``."""
+
+    def step(self, params, state, telemetry):
+        state, d = narset_step(params, state, telemetry)
+        dtype = d.x_T.dtype
+        pc = params.astype(dtype)
+        t_T, t_E = self.targets(pc, d.x_T)
+        x_T, x_E, spent, price = project(pc, t_T, t_E)
+        auth = authority(pc, x_T, x_E, d.raw.boundary & d.raw.valid)
+        zero = jnp.zeros_like(d.mode_weight)
+        d = dataclasses.replace(
+            d,
+            x_T=x_T,
+            x_E=x_E,
+            cost_T=overdrive_cost(x_T, pc.alpha, pc.cost),
+            cost_E=overdrive_cost(x_E, pc.alpha, pc.cost),
+            spent=spent,
+            overdrive_T=x_T > 1,
+            overdrive_E=x_E > 1,
+            mode=jnp.zeros_like(d.mode),
+            mode_weight=zero,
+            target_T=t_T,
+            target_E=t_E,
+            price=price,
+            enter_count=zero,
+            exit_count=zero,
+            **auth._asdict(),
+        )
+        return state, d
+
+
+class StaticSplit(FixedTargets):
+    """The pool split evenly: targets ``(pool / 2, pool / 2)``."""
+
+    name: ClassVar[str] = "static_split"
+
+    def targets(self, params, like):
+        half = 0.5 * params.pool.astype(like.dtype)
+        return jnp.broadcast_to(half, like.shape), jnp.broadcast_to(half, like.shape)
+
+
+class AlwaysOverdrive(FixedTargets):
+    """Tamiyo always in overdrive, Emrakul at a probing heartbeat: ``OVERDRIVE_TARGETS``."""
+
+    name: ClassVar[str] = "always_overdrive"
+
+    def targets(self, params, like):
+        t_T, t_E = OVERDRIVE_TARGETS
+        return jnp.full(like.shape, t_T, like.dtype), jnp.full(like.shape, t_E, like.dtype)
+
+
+# Table order: Narset first, then the baselines.
+REGISTRY: dict[str, type[Controller]] = {
+    c.name: c
+    for c in (NarsetController, StaticSplit, SingleThreshold, NoInertia, AlwaysOverdrive)
+}
+CONTROLLERS = tuple(REGISTRY)
+
+
+def get_controller(controller: str | Controller) -> Controller:
+    """The controller named ``controller`` (one of ``CONTROLLERS``), or ``controller``
+    itself if it already is a [`sims.Controller`][]. Raises ``ValueError`` naming the valid
+    names otherwise."""
+    if isinstance(controller, Controller):
+        return controller
+    if isinstance(controller, str) and controller in REGISTRY:
+        return REGISTRY[controller]()
+    raise ValueError(f"unknown controller {controller!r}; valid: {', '.join(CONTROLLERS)}")

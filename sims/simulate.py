@@ -1,0 +1,345 @@
+"""The simulate engine: run a controller on an ecology, window by window, and write the
+decision log, the summary and the figures. ``narset simulate`` is its command line.
+
+The controller runs as its own jitted step, window by window, exactly as replay runs it;
+the ecology runs as a second jitted step. (Fused into one program, XLA may contract
+multiply-adds differently and change the last bit of a decision.) Log parts are written
+every ``chunk`` windows, so memory stays flat.
+
+With several devices the regions are sharded over them (and, with ``jax.distributed``,
+over every process's devices; process 0 writes the files). The decisions, the log and the
+summary are bitwise those of a one-device run, for every budget mode, so ``narset replay``
+verifies a sharded run's log as it does any other:
+
+- per-region pools (``region``, ``fixed_sum``): both steps run sharded
+  (``ShardedRollout.controller_step`` and ``.advance``, under ``shard_map``), and are the
+  same programs, block by block, as the one-device steps;
+- the global pool: its multiplier is a sum over every region, and a sum split over devices
+  rounds differently from replay's one-device sum. So each window the telemetry (which the
+  log holds anyway) is gathered and the controller runs as replay's own jitted step, on
+  all regions, on one device of each process; the decisions are sharded back for the
+  ecology, which stays sharded. See ``docs/scaling.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from narset_jax.atomic import write_json
+from narset_jax.decision_log import DecisionLogWriter, jitted_step
+from narset_jax.sharding import region_mesh
+from sims.baselines import step_fn
+from sims.controllers import Controller, get_controller
+from sims.ecologies import Ecology, get_ecology
+from sims.metrics import DEFAULT_WEIGHTS, objective
+from sims.rollout import advance, rollout_init, rollout_metrics
+from sims.sharding import rollout_runner
+
+__all__ = ["MAX_CHUNK", "ROWS_PER_PART", "default_chunk", "resolve_params", "simulate"]
+
+ROWS_PER_PART = 1_000_000
+MAX_CHUNK = 64
+
+
+def default_chunk(n_regions: int, n_steps: int, chunk: int | None = None) -> int:
+    """Windows per log part: ``chunk`` if given (at most ``n_steps``), else about
+    ``ROWS_PER_PART`` rows per part (at most ``MAX_CHUNK`` windows), evened out."""
+    if chunk is None:
+        chunk = max(1, min(MAX_CHUNK, ROWS_PER_PART // n_regions))
+        parts = math.ceil(n_steps / chunk)
+        chunk = math.ceil(n_steps / parts)
+    return min(chunk, n_steps)
+
+
+def resolve_params(params_file: str | None, scenario, budget: str | None):
+    """Params from the file (or defaults), with the budget mode from ``--budget``, else
+    the file, else the scenario's recommendation."""
+    import tomllib
+
+    from narset_jax.params import NarsetParams
+
+    if params_file:
+        params = NarsetParams.from_toml(params_file)
+        with open(params_file, "rb") as fh:
+            in_file = "budget" in tomllib.load(fh)
+    else:
+        params, in_file = NarsetParams(), False
+    if budget is not None:
+        return params.replace(budget=budget)
+    if not in_file and scenario.budget is not None:
+        return params.replace(budget=scenario.budget)
+    return params
+
+
+def simulate(
+    params,
+    scenario,
+    *,
+    n_regions: int,
+    n_steps: int,
+    seed: int,
+    out: Path,
+    controller: Controller | str = "narset",
+    ecology: Ecology | str | None = None,
+    dtype: str = "float32",
+    chunk: int = 64,
+    sample_regions: int = 6,
+    plots: bool = True,
+    progress: bool = True,
+    params_file: str | None = None,
+    setup=None,
+) -> dict:
+    """Run the simulation, writing the log, summary and plots to ``out``; returns the
+    summary. A ``KeyboardInterrupt`` leaves a log marked partial and propagates.
+
+    ``setup``: a [`narset_jax.distributed.DeviceSetup`][] (default: one device, one
+    process). With several devices the regions are sharded over them; in a multi-process
+    run every process calls this, and only process 0 writes files (every process returns
+    the same summary).
+
+    ``controller``: a [`sims.Controller`][] or its name; ``ecology``: an
+    [`sims.Ecology`][] or its name (default: the stylised one), whose params ``scenario``
+    is."""
+    from tqdm import tqdm
+
+    ctl = get_controller(controller)
+    controller = ctl.name
+    eco = get_ecology(ecology)
+    jdtype = jnp.dtype(dtype).type
+    main = setup is None or setup.is_main
+    n_devices = 1 if setup is None else len(setup.devices)
+    n_processes = 1 if setup is None else setup.num_processes
+    key = jax.random.key(seed)
+    t0 = time.perf_counter()
+    if n_devices == 1:
+        loop = _OneDevice(params, scenario, ctl, eco, n_regions, jdtype)
+    else:
+        loop = _Sharded(params, scenario, ctl, eco, n_regions, jdtype, setup.devices)
+    carry = loop.init(key)
+
+    k = min(sample_regions, n_regions)
+    sample = np.unique(np.linspace(0, n_regions - 1, k).round().astype(int)) if k else []
+    track = {name: [] for name in ("x_T", "x_E", "spent", "mode")}
+    means = {name: [] for name in ("mean x_T", "mean x_E", "repair share", "health")}
+
+    config = {
+        "command": "simulate",
+        "scenario": scenario.name,
+        "scenario_values": scenario.to_dict(),
+        "controller": controller,
+        "regions": n_regions,
+        "steps": n_steps,
+        "chunk": chunk,
+        "dtype": dtype,
+        "params_file": params_file,
+        "devices": n_devices,
+        "processes": n_processes,
+    }
+    bar = tqdm(total=n_steps, unit="window", desc=f"simulate {scenario.name}",
+               disable=not (progress and main), file=sys.stderr, leave=False)
+    buffer: list = []
+
+    def flush(writer):
+        # Every process gathers (a collective in a multi-process run); process 0 writes.
+        cols, health = loop.collect(buffer)
+        buffer.clear()
+        if writer is None:
+            return
+        writer.write(cols)
+        for name in track:
+            track[name].append(np.asarray(cols[name])[:, sample])
+        means["mean x_T"].append(cols["x_T"].mean(axis=1))
+        means["mean x_E"].append(cols["x_E"].mean(axis=1))
+        means["repair share"].append(cols["mode_weight"].mean(axis=1))
+        means["health"].append(health.mean(axis=1))
+
+    log = (
+        DecisionLogWriter(
+            out, params=params, n_regions=n_regions, dtype=dtype, config=config, seed=seed
+        )
+        if main
+        else contextlib.nullcontext()
+    )
+    try:
+        with log as writer:
+            for t in range(n_steps):
+                carry, record = loop.window(carry)
+                buffer.append(record)
+                if len(buffer) == chunk or t == n_steps - 1:
+                    flush(writer)
+                bar.update(1)
+            metrics = loop.metrics(carry)
+            jax.block_until_ready(metrics)
+    finally:
+        bar.close()
+    wall = time.perf_counter() - t0
+
+    m = metrics.to_dict()
+    score = float(objective(metrics))
+    switches = loop.switches(carry)
+    outputs = {"log": "decisions/", "manifest": "manifest.json", "summary": "summary.json"}
+    if plots and main:
+        outputs["plots"] = _plots(
+            out, scenario, controller, params, sample, track, means, switches, n_steps,
+        )
+    summary = {
+        "scenario": scenario.name,
+        "controller": controller,
+        "budget": params.budget,
+        "regions": n_regions,
+        "steps": n_steps,
+        "seed": seed,
+        "dtype": dtype,
+        "devices": n_devices,
+        "processes": n_processes,
+        "metrics": m,
+        "objective": score,
+        "weights": DEFAULT_WEIGHTS.to_dict(),
+        "wall_seconds": wall,
+        "region_windows_per_second": n_regions * n_steps / wall,
+        "outputs": outputs,
+    }
+    if main:
+        write_json(out / "summary.json", summary)
+    return summary
+
+
+class _OneDevice:
+    """One device, one process: the controller as replay's jitted step, then the ecology
+    as a second jitted step."""
+
+    def __init__(self, params, scenario, controller, ecology, n_regions, jdtype):
+        self.params, self.sc = params, ecology.prepare(scenario)
+        self.n_regions, self.jdtype = n_regions, jdtype
+        self.ctl_step = jitted_step(step_fn(controller))
+        self.eco_step, self.metrics_fn, self.init_fn = _compiled(controller, ecology)
+        self.stack = _stack()
+
+    def init(self, key):
+        return self.init_fn(self.params, self.sc, key, self.n_regions, dtype=self.jdtype)
+
+    def window(self, carry):
+        ctl, d = self.ctl_step(self.params, carry.ctl, carry.telemetry)
+        carry, (_, _, ev) = self.eco_step(self.params, self.sc, carry, ctl, d)
+        return carry, (d, ev.health)
+
+    def collect(self, buffer):
+        d, health = jax.device_get(self.stack(buffer))
+        return d.columns(), health
+
+    def metrics(self, carry):
+        return self.metrics_fn(self.params, self.sc, carry)
+
+    def switches(self, carry):
+        return np.asarray(carry.acc.switches)
+
+
+class _Sharded:
+    """Regions sharded over ``devices`` (every process's), with
+    [`sims.sharding.ShardedRollout`][]'s per-window steps; see the module docstring
+    for the global pool, whose controller runs gathered, as replay runs it."""
+
+    def __init__(self, params, scenario, controller, ecology, n_regions, jdtype, devices):
+        self.params, self.scenario = params, scenario
+        self.gathered = params.budget == "global"
+        # The ecology is per region whatever the budget mode, so it always takes the
+        # shard_map path (which also pads N to a multiple of the device count).
+        self.runner = rollout_runner(
+            params.replace(budget="region") if self.gathered else params,
+            n_regions,
+            region_mesh(devices),
+            controller=controller,
+            ecology=ecology,
+            dtype=jdtype,
+        )
+        self.ctl_step = jitted_step(step_fn(controller))
+        self.stack = _stack()
+        self.ctl = None
+
+    def init(self, key):
+        carry = self.runner.init(self.params, self.scenario, key)
+        if self.gathered:
+            # The controller's state lives whole on this process's default device.
+            self.ctl = jax.tree.map(jnp.asarray, self.runner.to_host(carry.ctl))
+        return carry
+
+    def window(self, carry):
+        p, r = self.params, self.runner
+        if not self.gathered:
+            ctl, d = r.controller_step(p, carry.ctl, carry.telemetry)
+            carry, (_, _, ev) = r.advance(p, self.scenario, carry, ctl, d)
+            return carry, (d, ev.health)
+        tel = jax.tree.map(jnp.asarray, r.to_host(carry.telemetry))
+        self.ctl, d = self.ctl_step(p, self.ctl, tel)
+        # The ecology never reads the controller's state: the carry keeps its initial
+        # one, and self.ctl is the controller's.
+        carry, (_, _, ev) = r.advance(p, self.scenario, carry, carry.ctl, r.from_host(d))
+        return carry, (d, ev.health)
+
+    def collect(self, buffer):
+        if not self.gathered:
+            d, health = self.runner.to_host(self.stack(buffer))
+        else:
+            d = jax.device_get(self.stack([b[0] for b in buffer]))
+            health = self.runner.to_host(self.stack([b[1] for b in buffer]))
+        return d.columns(), health
+
+    def metrics(self, carry):
+        return self.runner.metrics(self.params, self.scenario, carry)
+
+    def switches(self, carry):
+        return self.runner.to_host(carry.acc.switches)
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled(controller: Controller, ecology: Ecology):
+    """Jitted ecology step, metrics and init (cached per controller and ecology)."""
+    return (
+        jax.jit(functools.partial(advance, ecology=ecology)),
+        jax.jit(functools.partial(rollout_metrics, ecology=ecology)),
+        jax.jit(functools.partial(rollout_init, controller=controller, ecology=ecology),
+                static_argnames=("n_regions", "dtype")),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _stack():
+    """Jitted stacking of a chunk's per-window records (cached per process)."""
+    return jax.jit(lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs))
+
+
+def _plots(out, scenario, controller, params, sample, track, means, switches, n_steps):
+    from narset_jax.plots.simulate import (
+        plot_ecology,
+        plot_sample_regions,
+        plot_switch_histogram,
+    )
+
+    steps = np.arange(n_steps)
+    names = []
+    label = f"{scenario.name}, {controller}"
+    if len(sample):
+        arr = {k: np.concatenate(v) for k, v in track.items()}
+        plot_sample_regions(
+            out / "plots" / "regions.png", steps, arr["x_T"], arr["x_E"], arr["spent"],
+            arr["mode"], sample, pool=float(params.pool) if params.budget != "fixed_sum"
+            else 1.0, title=f"Intensities and spend of sample regions ({label})",
+        )
+        names.append("plots/regions.png")
+    means = {k: np.concatenate(v) for k, v in means.items()}
+    plot_ecology(out / "plots" / "ecology.png", steps, means,
+                 title=f"Mesh means per window ({label})")
+    names.append("plots/ecology.png")
+    plot_switch_histogram(out / "plots" / "mode_switches.png", switches, n_steps=n_steps,
+                          title=f"Mode switches per region ({label})")
+    names.append("plots/mode_switches.png")
+    return names
