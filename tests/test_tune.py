@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 import sims
-from narset_jax import tune
 from narset_jax.cli import main
-from narset_jax.cli import tune as cli_tune
-from narset_jax.cli.simulate import resolve_params
 from narset_jax.params import NarsetParams
+from sims import tune
+from sims.simulate import resolve_params
+from sims.tune import checkpoint as tune_checkpoint
 
 N, T, B = 8, 10, 2
 CFG = tune.TuneConfig(N, T, dtype="float64", checkpoint=True)
@@ -149,13 +149,13 @@ def _hard_objectives(params, scenario, seeds=8, seed=0):
 
 def test_cli_resume_is_bit_for_bit(tmp_path, capsys, monkeypatch):
     saved = []
-    real_save = cli_tune._save_checkpoint
+    real_save = tune_checkpoint.save_checkpoint
 
     def save(path, state, history, meta):
         saved.append((path.parent.name, state.iteration))
         real_save(path, state, history, meta)
 
-    monkeypatch.setattr(cli_tune, "_save_checkpoint", save)
+    monkeypatch.setattr(tune_checkpoint, "save_checkpoint", save)
     start = tmp_path / "start.toml"
     start.write_text(START)
     full, cut = tmp_path / "full", tmp_path / "cut"

@@ -11,12 +11,15 @@ import optax
 import pytest
 
 import sims
-from narset_jax import tune
 from narset_jax.cli import main
 from narset_jax.cli import tune as cli_tune
-from narset_jax.cli.simulate import resolve_params
 from narset_jax.params import NarsetParams
 from narset_jax.plots.tune import plot_loss_curve, plot_params
+from sims import tune
+from sims.simulate import resolve_params
+from sims.tune import evaluation as tune_evaluation
+from sims.tune import loss as tune_loss
+from sims.tune import training as tune_training
 
 
 def test_tuned_fields_cover_the_issue():
@@ -126,7 +129,7 @@ def test_config_and_optimizer_validation():
 def test_config_weights_default_to_the_simulators(tmp_path):
     """The shipped config sets no weights (they come from sims.DEFAULT_WEIGHTS); a user's
     config overrides single weights and keeps the rest."""
-    cfg = cli_tune._read_config(cli_tune.DEFAULT_CONFIG)
+    cfg = tune.read_config(tune.DEFAULT_CONFIG)
     assert cfg["weights"] == {}
     assert cfg["hysteresis"] in ("soft", "straight_through")
     user = tmp_path / "c.toml"
@@ -145,16 +148,16 @@ def test_checkpoint_round_trip(tmp_path):
     state = tune.train_init(tune.from_params(base, jnp.float32), opt)
     # Make the optimiser state non-trivial.
     grad = {n: jnp.asarray(0.1 * i, jnp.float32) for i, n in enumerate(tune.TUNED)}
-    upd = tune._update_fn(opt)
+    upd = tune_training._update_fn(opt)
     raw, opt_state = upd(state.raw, state.opt_state, grad)
     state = tune.TrainState(raw=raw, opt_state=opt_state, iteration=3)
     hist = tune.History(loss=[1.0, 0.5, 0.25], grad_norm=[3.0, 2.0, 1.0],
                         temp_factor=[1.0] * 3, finite=[True] * 3,
                         objective=[[1.0], [0.5], [0.25]], seconds=[0.1] * 3)
     path = tmp_path / "checkpoint.npz"
-    cli_tune._save_checkpoint(path, state, hist, {"config": {"a": 1}})
+    tune.save_checkpoint(path, state, hist, {"config": {"a": 1}})
     template = tune.train_init(tune.from_params(base, jnp.float32), opt)
-    loaded, h2, meta = cli_tune._load_checkpoint(path, template)
+    loaded, h2, meta = tune.load_checkpoint(path, template)
     assert loaded.iteration == 3 and meta["config"] == {"a": 1}
     assert h2 == hist
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(loaded)):
@@ -164,7 +167,7 @@ def test_checkpoint_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(Exception, match="unreadable checkpoint"):
-        cli_tune._read_checkpoint_meta(path)
+        tune.read_checkpoint_meta(path)
 
 
 def _run(argv, capsys):
@@ -223,12 +226,12 @@ def test_format_table_and_verdicts():
     for row in rows.values():
         row["budget"] = "global"
     rows["tuned"]["versus"] = {"random_search": ci(0.2, 0.1, 0.3)}
-    text = cli_tune.format_table({"spoofing": rows}, {"spoofing"}, "defaults", 8, 16, 10)
+    text = tune.format_table({"spoofing": rows}, {"spoofing"}, "defaults", 8, 16, 10)
     assert "spoofing (held-out, budget global)" in text
     assert "tuned vs defaults: better" in text
     assert "random_search vs defaults: no significant difference" in text
     assert "tuned vs random_search: dJ = 0.200 [0.100, 0.300], worse" in text
-    assert cli_tune._verdict(ci(1, 0.5, 1.5)) == "worse"
+    assert tune.verdict(ci(1, 0.5, 1.5)) == "worse"
 
 
 def test_plots(tmp_path):
@@ -356,7 +359,7 @@ def test_training_groups_rollouts_by_budget_mode(monkeypatch):
     (crisis, steady) and global (spoofing), each on its own rows of the iteration's keys,
     and their losses and gradients are summed with weights ``S_g / S``."""
     calls = []
-    monkeypatch.setattr(tune, "loss_and_grad", _fake_loss_and_grad(calls))
+    monkeypatch.setattr(tune_loss, "loss_and_grad", _fake_loss_and_grad(calls))
     scs = [sims.load_scenario(n) for n in ("crisis", "spoofing", "steady")]
     base = NarsetParams(hysteresis="soft")
     cfg = tune.TuneConfig(4, 3, dtype="float64")
@@ -379,7 +382,7 @@ def test_training_groups_rollouts_by_budget_mode(monkeypatch):
 
 
 def _recording_objectives(calls):
-    """A stand-in for ``tune._objectives`` (the hard rollouts) that records what would
+    """A stand-in for ``tune.rollout_objectives`` (the hard rollouts) that records what would
     have been simulated: ``(budget, hysteresis, controller, scenario name)``."""
 
     def fake(params, controller, scenario, keys, n_regions, n_steps, weights, dtype):
@@ -395,7 +398,7 @@ def test_evaluation_and_random_search_use_each_scenarios_budget(monkeypatch):
     the global pool and crisis per region, all with the hard hysteresis (a test that
     fails if spoofing is evaluated under the wrong budget mode)."""
     calls = []
-    monkeypatch.setattr(tune, "_objectives", _recording_objectives(calls))
+    monkeypatch.setattr(tune_evaluation, "rollout_objectives", _recording_objectives(calls))
     crisis, spoofing = sims.load_scenario("crisis"), sims.load_scenario("spoofing")
     soft = NarsetParams(hysteresis="soft")
     cands = {"defaults": (NarsetParams(), "narset"), "tuned": (soft, "narset")}
@@ -425,13 +428,13 @@ def test_params_toml_leaves_the_budget_to_the_scenario(tmp_path):
     ``--params`` is written."""
     p = NarsetParams(beta=0.7)
     free = tmp_path / "free.toml"
-    free.write_text(cli_tune._params_toml(p, ["tuned"], None))
+    free.write_text(tune.params_toml(p, ["tuned"], None))
     assert "budget =" not in free.read_text()
     assert NarsetParams.from_toml(free) == p
     assert resolve_params(str(free), sims.load_scenario("spoofing"), None).budget == "global"
     assert resolve_params(str(free), sims.load_scenario("crisis"), None) == p
     fixed = tmp_path / "fixed.toml"
-    fixed.write_text(cli_tune._params_toml(p.replace(budget="region"), ["tuned"], "region"))
+    fixed.write_text(tune.params_toml(p.replace(budget="region"), ["tuned"], "region"))
     assert resolve_params(str(fixed), sims.load_scenario("spoofing"), None).budget == "region"
 
 
@@ -447,7 +450,7 @@ def test_optimizer_clips_by_global_norm_and_skips_nonfinite_steps():
     raw = {n: jnp.asarray(0.0, jnp.float64) for n in tune.TUNED}
     g = {n: jnp.asarray(float(i + 1), jnp.float64) for i, n in enumerate(tune.TUNED)}
     norm = float(np.linalg.norm(np.arange(1, len(tune.TUNED) + 1)))
-    update = tune._update_fn(opt)
+    update = tune_training._update_fn(opt)
     new, st = update(raw, opt.init(raw), g)
     mu = optax.tree_utils.tree_get(st, "mu")
     for n in tune.TUNED:
@@ -470,7 +473,7 @@ def test_truncated_rollout_goes_through_truncated_scan(monkeypatch):
         seen.append((n_steps, window))
         return original(chunk, carry, n_steps, window)
 
-    monkeypatch.setattr(tune, "truncated_scan", spy)
+    monkeypatch.setattr(tune_loss, "truncated_scan", spy)
     params = NarsetParams(hysteresis="soft").astype(jnp.float64)
     sc = sims.load_scenario("crisis").without_metadata().astype(jnp.float64)
     key = jax.random.key(0)
@@ -506,8 +509,8 @@ def test_cli_wires_each_scenarios_budget_mode(tmp_path, capsys, monkeypatch, fix
     hard; the mode is in the table, evaluation.json and the summary, and params.toml
     carries a budget line only when it was fixed."""
     trained, calls = [], []
-    monkeypatch.setattr(tune, "train", _fake_train(trained))
-    monkeypatch.setattr(tune, "_objectives", _recording_objectives(calls))
+    monkeypatch.setattr(tune_training, "train", _fake_train(trained))
+    monkeypatch.setattr(tune_evaluation, "rollout_objectives", _recording_objectives(calls))
     start = tmp_path / "start.toml"
     start.write_text("beta = 0.7\n" + (f'budget = "{fixed}"\n' if fixed else ""))
     out, summary = tmp_path / "run", tmp_path / "summary.json"

@@ -25,7 +25,7 @@ def plot_loss_curve(
     **Arguments:**
 
     - ``history``: ``loss``, ``grad_norm`` and optionally ``temp_factor`` and ``finite``
-      lists (see [`narset_jax.tune.History`][]).
+      lists (see [`sims.tune.History`][]).
     - ``path``: output image (format from the suffix), written atomically.
     - ``random_search``: each candidate's mean objective (hard controller), drawn as the
       best so far against the same rollout count (``batch`` rollouts per candidate, as per
