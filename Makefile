@@ -34,6 +34,7 @@ bench: $(STAMP_DEV)
 
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check narset_jax sims tests benchmarks examples
+	$(BIN)/lint-imports
 
 figures: $(STAMP_RUN)
 	$(BIN)/python -m narset_jax.plots.budget --out docs/figures/feasible_set.png

@@ -41,6 +41,7 @@ from jax.sharding import PartitionSpec as P
 __all__ = [
     "AXIS",
     "collectives",
+    "hlo_computations",
     "loop_compiler_options",
     "mesh_axis",
     "padded_size",
@@ -161,7 +162,8 @@ _CALLED = re.compile(
 )
 
 
-def _computations(hlo_text: str) -> dict[str, list[str]]:
+def hlo_computations(hlo_text: str) -> dict[str, list[str]]:
+    """The computations of an HLO module text: ``name -> its lines``."""
     comps: dict[str, list[str]] = {}
     name = None
     for line in hlo_text.splitlines():
@@ -202,7 +204,7 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     number of such instructions; ``in_loop`` counts those inside any ``while`` body (the
     scan over windows), following nested calls.
     """
-    comps = _computations(hlo_text)
+    comps = hlo_computations(hlo_text)
     bodies = set()
     for lines in comps.values():
         for line in lines:
@@ -222,3 +224,6 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     in_loop = _count(line for n in seen for line in comps[n])
     total = _count(line for lines in comps.values() for line in lines)
     return {"in_loop": in_loop, "total": total}
+
+
+_computations = hlo_computations  # old private name, until the benchmarks use the public one
