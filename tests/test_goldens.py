@@ -6,7 +6,7 @@ JAX's defaults (one CPU device, 32-bit), not under this suite's conftest setting
 
 * the ``make run`` job (``narset simulate --scenario crisis --regions 3000 --steps 150
   --seed 0``): the decision log compared by value, column by column, plus summary.json;
-* ``python -m sims.table --json`` (every controller on every scenario; smaller sizes);
+* ``python -m sims.table --json`` (every controller on every scenario, default sizes);
 * a small ``narset phase`` grid (phase.json and the CSV);
 * a five-iteration ``narset tune`` (history, evaluation, params, checkpoint arrays);
 * ``narset decide`` on the synthetic event log of ``tests/test_cli_decide.py``.
@@ -119,8 +119,7 @@ JOBS = {
         NARSET + ["simulate", "--scenario", "crisis", "--regions", "3000", "--steps", "150",
                   "--seed", "0", "--out", str(d / "out")], d / "out"),
     "table": lambda d: (
-        ["-m", "sims.table", "--regions", "128", "--steps", "40", "--seeds", "2", "--quiet",
-         "--json", str(d / "table.json")], d / "table.json"),
+        ["-m", "sims.table", "--quiet", "--json", str(d / "table.json")], d / "table.json"),
     "phase": lambda d: (
         NARSET + ["phase", "--x", "beta:0.1:1:3", "--y", "gap:0:0.4:3", "--scenario", "crisis",
                   "--regions", "64", "--steps", "40", "--seeds", "2", "--out", str(d / "out"),
