@@ -1,0 +1,191 @@
+"""The ``narset decide`` job: run Narset on a real run's telemetry and write the decision log.
+
+The input (a JSONL event log, gzipped or not, or a Parquet table; ``docs/telemetry.md``) is
+streamed into windows by [`narset_jax.ingest.open_windows`][], each window goes through the
+jitted controller step, and every ``chunk_windows`` windows of decisions become one part of
+the decision log written by [`narset_jax.decision_log`][]: the same log and manifest as
+``narset simulate``, so ``narset replay DIR`` verifies it. ``DIR/summary.json`` holds the
+ingest report: lines, events, bad lines by reason, unknown regions, out-of-range values,
+windows.
+
+This is the controller library on real telemetry: it never imports ``sims``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+from narset_jax.errors import UserError
+from narset_jax.params import NarsetParams
+
+__all__ = ["default_chunk", "run_decide"]
+
+
+def default_chunk(n_regions: int) -> int:
+    """Windows per log part: about 2^18 decision rows, between 1 and 256 windows."""
+    return max(1, min(256, (1 << 18) // max(n_regions, 1)))
+
+
+def run_decide(
+    events,
+    *,
+    out: str | os.PathLike,
+    params: NarsetParams | str | os.PathLike | None = None,
+    on_error: str = "stop",
+    n_regions: int | None = None,
+    lag: int = 2,
+    first_window: int | None = None,
+    max_gap: int = 100_000,
+    chunk_windows: int | None = None,
+    dtype: str = "float32",
+    progress: bool = True,
+) -> dict:
+    """Decide every window of the event log ``events`` and write the decision log to
+    ``out``; returns the summary (also written to ``out/summary.json``).
+
+    **Arguments** (each as the ``narset decide`` flag of the same name):
+
+    - ``events``: a JSONL event log (``.jsonl``, ``.jsonl.gz``; ``"-"`` for stdin) or a
+      Parquet table.
+    - ``params``: [`narset_jax.NarsetParams`][], a params TOML file, or ``None`` for the
+      defaults.
+    - ``on_error``, ``n_regions``, ``lag``, ``first_window``, ``max_gap``, ``progress``:
+      as in [`narset_jax.ingest.open_windows`][].
+    - ``chunk_windows``: windows per log part (default [`narset_jax.decide.default_chunk`][]).
+    - ``dtype``: ``"float32"`` or ``"float64"`` (which turns on ``jax_enable_x64``, else JAX
+      silently computes in float32).
+
+    The summary has the settings, the seconds taken, the ingest report (``ingest``) and the
+    log's facts (``log``: windows, rows, parts, bytes, first window). A stale
+    ``out/summary.json`` is removed before the log is written. Bad input raises
+    [`narset_jax.errors.UserError`][].
+    """
+    if chunk_windows is not None and chunk_windows < 1:
+        raise UserError(f"--chunk-windows must be >= 1, got {chunk_windows}")
+    if dtype == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)  # else JAX silently computes in float32
+    if params is None:
+        params = NarsetParams()
+    elif not isinstance(params, NarsetParams):
+        params = NarsetParams.from_toml(params)
+
+    from narset_jax.ingest import open_windows
+
+    t0 = time.perf_counter()
+    stream = open_windows(
+        events,
+        n_regions=n_regions,
+        lag=lag,
+        on_error=on_error,
+        max_gap=max_gap,
+        first_window=first_window,
+        progress=progress,
+    )
+    n = stream.n_regions
+    chunk = chunk_windows or default_chunk(n)
+    out_dir = Path(out)
+    config = {
+        "command": "decide",
+        "events": os.fspath(events),
+        "format": stream.report.format,
+        "on_error": on_error,
+        "lag": lag,
+        "max_gap": max_gap,
+        "first_window": first_window,
+        "chunk_windows": chunk,
+    }
+    with contextlib.suppress(FileNotFoundError):
+        (out_dir / "summary.json").unlink()  # never leave a stale summary beside a new log
+    log = _decide(stream, params, n, chunk, dtype, out_dir, config)
+    summary = {
+        "command": "decide",
+        "events_file": os.fspath(events),
+        "out": os.fspath(out),
+        "n_regions": n,
+        "dtype": dtype,
+        "chunk_windows": chunk,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "ingest": stream.report.to_dict(),
+        "log": log,
+    }
+    from narset_jax.atomic import write_json
+
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def _decide(stream, params, n: int, chunk: int, dtype: str, out: Path, config: dict) -> dict:
+    """Run the controller over the stream, writing decisions ``chunk`` windows per part;
+    returns log facts.
+
+    Each window goes through ``Narset.step``, the same jitted program that ``replay`` runs,
+    so the log replays bit for bit. (A ``lax.scan`` over a chunk compiles to a different
+    program, whose float results may differ in the last bit.) Steps are dispatched
+    asynchronously: parsing the next window overlaps the previous step, and results are
+    fetched once per part. The manifest gets the ingest report (what was read, skipped and
+    dropped) and ``first_window`` (decision ``step`` ``s`` is window ``first_window + s``).
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from narset_jax.decision_log import DecisionLogWriter
+    from narset_jax.step import Narset
+    from narset_jax.telemetry import BOOL_FIELDS, Telemetry
+
+    ctl = Narset(params)
+    state = ctl.init(n, jnp.float32 if dtype == "float32" else jnp.float64)
+    np_dtype = np.dtype(dtype)
+    pending = []
+    windows = 0
+
+    def flush(writer):
+        # One jitted stack and one transfer per part, not one per column and window.
+        stacked = jax.device_get(_stack_jit()(pending).columns())
+        writer.write(stacked)
+        pending.clear()
+
+    writer = DecisionLogWriter(out, params=params, n_regions=n, dtype=dtype, config=config)
+    with writer:
+        for _w, cols in stream:
+            tel = Telemetry(
+                **{k: v.astype(bool if k in BOOL_FIELDS else np_dtype) for k, v in cols.items()}
+            )
+            state, decision = ctl.step(state, tel)
+            pending.append(decision)
+            windows += 1
+            if len(pending) == chunk:
+                flush(writer)
+        if pending:
+            flush(writer)
+        if windows == 0:
+            raise UserError(f"{stream.report.source}: no windows to decide (no usable events)")
+        writer.extra["first_window"] = stream.report.first_window
+        writer.extra["ingest"] = stream.report.to_dict()
+    manifest = writer.manifest
+    return {
+        "dir": os.fspath(out),
+        "windows": windows,
+        "rows": windows * n,
+        "parts": len(manifest["parts"]),
+        "bytes": sum(p["bytes"] for p in manifest["parts"]),
+        "first_window": stream.report.first_window,
+    }
+
+
+_STACK = []
+
+
+def _stack_jit():
+    """``jit`` of stacking a list of decisions along a new leading (window) axis."""
+    if not _STACK:
+        import jax
+        import jax.numpy as jnp
+
+        _STACK.append(jax.jit(lambda ds: jax.tree.map(lambda *xs: jnp.stack(xs), *ds)))
+    return _STACK[0]
