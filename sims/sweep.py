@@ -22,7 +22,15 @@ from dataclasses import asdict, dataclass
 
 from narset_jax.errors import UserError
 
-__all__ = ["SweepError", "SweepRow", "machine", "parse_sizes", "run_sweep", "summarise"]
+__all__ = [
+    "SweepError",
+    "SweepRow",
+    "machine",
+    "parse_sizes",
+    "run_sweep",
+    "summarise",
+    "sweep_document",
+]
 
 
 class SweepError(UserError, ValueError):
@@ -283,3 +291,34 @@ def summarise(rows: Sequence[SweepRow]) -> dict:
 def rows_as_dicts(rows: Sequence[SweepRow]) -> list[dict]:
     """The rows as plain dicts (for JSON)."""
     return [asdict(r) for r in rows]
+
+
+def sweep_document(rows: Sequence[SweepRow], *, command: str, sizes, steps: int, budget: str,
+                   scenario: str, dtype: str, repeats: int, warmup: int, device_counts,
+                   processes: int) -> dict:
+    """The JSON document of a sweep (``narset sweep --json``): the command that reproduces
+    it, the machine, the settings, every row, the summary and a plot title."""
+    import jax
+
+    return {
+        "command": command,
+        "machine": machine(),
+        "config": {
+            "sizes": sizes,
+            "steps": steps,
+            "budget": budget,
+            "scenario": scenario,
+            "dtype": dtype,
+            "repeats": repeats,
+            "warmup": warmup,
+            "devices_per_process": list(device_counts),
+            "processes": processes,
+            "unit": "region-windows per second = regions * windows / median wall time",
+        },
+        "rows": rows_as_dicts(rows),
+        "summary": summarise(rows),
+        "title": (
+            f"narset sweep: {budget} budget, {dtype}, T={steps}, "
+            f"{jax.default_backend()} ({machine()['device_kind']})"
+        ),
+    }

@@ -89,7 +89,7 @@ def run(args) -> int:
 
     import sims
     from narset_jax.atomic import write_json
-    from sims.sweep import machine, rows_as_dicts, run_sweep, summarise
+    from sims.sweep import run_sweep, sweep_document
 
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
@@ -128,28 +128,11 @@ def run(args) -> int:
         progress=main and not args.no_progress,
         on_row=report,
     )
-    result = {
-        "command": _command(args),
-        "machine": machine(),
-        "config": {
-            "sizes": sizes,
-            "steps": args.steps,
-            "budget": args.budget,
-            "scenario": scenario.name,
-            "dtype": args.dtype,
-            "repeats": args.repeats,
-            "warmup": args.warmup,
-            "devices_per_process": list(setup.device_counts),
-            "processes": setup.num_processes,
-            "unit": "region-windows per second = regions * windows / median wall time",
-        },
-        "rows": rows_as_dicts(rows),
-        "summary": summarise(rows),
-        "title": (
-            f"narset sweep: {args.budget} budget, {args.dtype}, T={args.steps}, "
-            f"{jax.default_backend()} ({machine()['device_kind']})"
-        ),
-    }
+    result = sweep_document(
+        rows, command=_command(args), sizes=sizes, steps=args.steps, budget=args.budget,
+        scenario=scenario.name, dtype=args.dtype, repeats=args.repeats, warmup=args.warmup,
+        device_counts=setup.device_counts, processes=setup.num_processes,
+    )
     if main and args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}", file=sys.stderr)
