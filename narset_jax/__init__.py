@@ -4,7 +4,12 @@ budget allocator between a growth agent (Tamiyo) and a consolidation agent (Emra
 from narset_jax.budget import (
     COSTS,
     Allocation,
+    ConvexCost,
+    CostModel,
     GlobalAllocation,
+    QuadraticOverdriveCost,
+    SeedCost,
+    cost_model,
     overdrive_cost,
     project_budget,
     project_fixed_sum,
@@ -33,4 +38,9 @@ __all__ = [
     "project_budget",
     "project_fixed_sum",
     "project_global_pool",
+    "CostModel",
+    "SeedCost",
+    "ConvexCost",
+    "QuadraticOverdriveCost",
+    "cost_model",
 ]

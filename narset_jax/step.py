@@ -17,12 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from narset_jax.authority import authority
-from narset_jax.budget import (
-    overdrive_cost,
-    project_budget,
-    project_fixed_sum,
-    project_global_pool,
-)
+from narset_jax.budget_mode import project_budget_mode
+from narset_jax.cost import overdrive_cost
 from narset_jax.hysteresis import HysteresisState, init_hysteresis, update_mode
 from narset_jax.params import NarsetParams
 from narset_jax.policy import inertia, targets
@@ -210,18 +206,9 @@ DECISION_COLUMNS = _DECISION_FIELDS + TELEMETRY_FIELDS
 
 
 def _project(params: NarsetParams, t_T, t_E):
-    """The budget stage: returns ``(x_T, x_E, spent, price)``, price per region."""
-    if params.budget == "region":
-        a = project_budget(t_T, t_E, pool=params.pool, alpha=params.alpha, cost=params.cost)
-        return a.x_T, a.x_E, a.spent, a.price
-    if params.budget == "global":
-        n = t_T.shape[-1]
-        g = project_global_pool(
-            t_T, t_E, pool_total=params.pool * n, alpha=params.alpha, cost=params.cost
-        )
-        return g.x_T, g.x_E, g.spent, jnp.broadcast_to(g.price, t_T.shape)
-    a = project_fixed_sum(t_T, t_E)
-    return a.x_T, a.x_E, a.spent, a.price
+    """The budget stage: returns ``(x_T, x_E, spent, price)``, price per region
+    ([`narset_jax.budget_mode.project_budget_mode`][])."""
+    return project_budget_mode(params, t_T, t_E)
 
 
 def narset_step(

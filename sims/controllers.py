@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from narset_jax.authority import authority
 from narset_jax.budget import overdrive_cost
+from narset_jax.budget_mode import project_budget_mode
 from narset_jax.params import NarsetParams
 from narset_jax.step import Decision, NarsetState, init_state, narset_step
 from narset_jax.telemetry import Telemetry
@@ -59,20 +60,6 @@ __all__ = [
 OVERDRIVE_TARGETS = (1.25, 0.25)
 # theta_exit sits this far below theta_enter for the single-threshold baseline.
 SINGLE_GAP = 1e-4
-
-
-def project(params, t_T, t_E):  # TEMP until the shared budget-mode dispatch lands
-    from narset_jax.budget import project_budget, project_fixed_sum, project_global_pool
-    if params.budget == "region":
-        a = project_budget(t_T, t_E, pool=params.pool, alpha=params.alpha, cost=params.cost)
-        return a.x_T, a.x_E, a.spent, a.price
-    if params.budget == "global":
-        n = t_T.shape[-1]
-        g = project_global_pool(t_T, t_E, pool_total=params.pool * n, alpha=params.alpha,
-                                cost=params.cost)
-        return g.x_T, g.x_E, g.spent, jnp.broadcast_to(g.price, t_T.shape)
-    a = project_fixed_sum(t_T, t_E)
-    return a.x_T, a.x_E, a.spent, a.price
 
 
 class Controller(eqx.Module):
@@ -154,7 +141,7 @@ class FixedTargets(Controller):
         dtype = d.x_T.dtype
         pc = params.astype(dtype)
         t_T, t_E = self.targets(pc, d.x_T)
-        x_T, x_E, spent, price = project(pc, t_T, t_E)
+        x_T, x_E, spent, price = project_budget_mode(pc, t_T, t_E)
         auth = authority(pc, x_T, x_E, d.raw.boundary & d.raw.valid)
         zero = jnp.zeros_like(d.mode_weight)
         d = dataclasses.replace(
