@@ -23,9 +23,9 @@ import numpy as np
 
 from narset_jax._config import check_range, plain_leaves, read_toml, reject_unknown
 from narset_jax._config import interval as _interval
+from narset_jax.cost import COSTS
 from narset_jax.errors import UserError
 
-COSTS = ("seed", "convex")
 BUDGETS = ("region", "global", "fixed_sum")
 HYSTERESES = ("hard", "soft", "straight_through")
 
