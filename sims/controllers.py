@@ -141,6 +141,11 @@ class FixedTargets(Controller):
         dtype = d.x_T.dtype
         pc = params.astype(dtype)
         t_T, t_E = self.targets(pc, d.x_T)
+        # Adding zeros of a per-region array is exact, and makes fixed targets vary over
+        # regions like the rest of the state: under shard_map a broadcast scalar does not,
+        # and the scan over windows then rejects the carry's types.
+        zero_x = jnp.zeros_like(d.x_T)
+        t_T, t_E = t_T + zero_x, t_E + zero_x
         x_T, x_E, spent, price = project_budget_mode(pc, t_T, t_E)
         auth = authority(pc, x_T, x_E, d.raw.boundary & d.raw.valid)
         zero = jnp.zeros_like(d.mode_weight)

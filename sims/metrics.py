@@ -97,7 +97,9 @@ class Metrics(eqx.Module):
 
 
 class Accum(eqx.Module):
-    """Per-region running sums (``[N]``) and the number of windows ``n`` (scalar)."""
+    """Per-region running sums (``[N]``) and the number of windows ``n`` (scalar), with
+    the previous window's mode and intensities (``prev_*``) that switches and budget churn
+    are measured against (0 before the first window)."""
 
     n: jax.Array
     switches: jax.Array
@@ -114,6 +116,8 @@ class Accum(eqx.Module):
     x_E: jax.Array
     missing: jax.Array
     prev_mode: jax.Array
+    prev_x_T: jax.Array
+    prev_x_E: jax.Array
 
 
 def init_accum(n_regions: int, dtype) -> Accum:

@@ -169,7 +169,7 @@ def advance(params: NarsetParams, scenario: Scenario, carry: RolloutCarry, ctl, 
     acc = Accum(
         n=acc.n + 1,
         switches=acc.switches + jnp.abs(m - acc.prev_mode),
-        churn=acc.churn + jnp.abs(d.x_T - sim.prev_x_T) + jnp.abs(d.x_E - sim.prev_x_E),
+        churn=acc.churn + jnp.abs(d.x_T - acc.prev_x_T) + jnp.abs(d.x_E - acc.prev_x_E),
         overdrive=acc.overdrive + _relaxed(od_hard, od_soft, variant),
         unsafe=acc.unsafe + ev.unsafe,
         rollbacks=acc.rollbacks + ev.rollback,
@@ -182,6 +182,8 @@ def advance(params: NarsetParams, scenario: Scenario, carry: RolloutCarry, ctl, 
         x_E=acc.x_E + d.x_E,
         missing=acc.missing + (~d.raw.valid).astype(dtype),
         prev_mode=m,
+        prev_x_T=d.x_T,
+        prev_x_E=d.x_E,
     )
     new = RolloutCarry(sim=sim_new, ctl=ctl, telemetry=tel, acc=acc, t=carry.t + 1)
     return new, (d, tel, ev)

@@ -56,6 +56,11 @@ class Ecology(eqx.Module):
 
     ``step`` returns ``events`` with at least the ``[N]`` float fields ``lysis``,
     ``unsafe``, ``panic``, ``rollback`` and ``health``, which the rollout accumulates.
+
+    A sharded rollout runs ``init``, ``observe`` and ``step`` under ``shard_map`` on each
+    device's block of regions, so every per-region output must be computed from per-region
+    inputs: a constant broadcast to ``[N]`` is not "per region" there (add zeros of a state
+    array to it), and the scan over windows rejects the carry.
     """
 
     name: ClassVar[str]
