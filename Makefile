@@ -30,7 +30,7 @@ test: $(STAMP_DEV)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP_DEV)
-	$(BIN)/python benchmarks/projection.py --out benchmarks/results/projection.json
+	$(BIN)/python -m benchmarks.projection --out benchmarks/results/projection.json
 
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check narset_jax sims tests benchmarks examples

@@ -21,8 +21,20 @@ def machine() -> dict:
         "backend": jax.default_backend(),
         "device": getattr(dev, "device_kind", str(dev)),
         "n_devices": jax.device_count(),
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "command": command(),
     }
+
+
+def command() -> str:
+    """The command line that ran this process, as it can be typed again: ``python -m
+    benchmarks.step --sizes ...`` for a benchmark run as a module."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        name = spec.name.removesuffix(".__main__")
+        argv = ["-m", name, *sys.argv[1:]]
+    else:
+        argv = sys.argv
+    return " ".join([os.path.basename(sys.executable), *argv])
 
 
 def best_time(fn, *args, repeats: int = 5, min_time: float = 0.2) -> float:

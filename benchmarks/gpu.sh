@@ -59,16 +59,9 @@ EOF
 BACKEND=$("$PY" -c "import jax; print(jax.default_backend())")
 NDEV=$("$PY" -c "import jax; print(jax.device_count())")
 
-# 2. Correctness on CPU host devices (the test suite's conftest forces 4 of them). The
-#    tests may still sit in wip/tests/, outside the suite; then load the conftest by hand.
-TESTS=()
-PLUGIN=()
-for f in test_sharding.py test_numpy_oracle.py test_multiprocess.py; do
-  if [[ -f "tests/$f" ]]; then TESTS+=("tests/$f");
-  elif [[ -f "wip/tests/$f" ]]; then TESTS+=("wip/tests/$f"); PLUGIN=(-p conftest); fi
-done
-step tests_cpu 900 env JAX_PLATFORMS=cpu PYTHONPATH="$ROOT/tests:$PYTHONPATH" \
-  "$PY" -m pytest -q -p no:cacheprovider "${PLUGIN[@]}" "${TESTS[@]}"
+# 2. Correctness on CPU host devices (the test suite's conftest forces 4 of them).
+step tests_cpu 900 env JAX_PLATFORMS=cpu "$PY" -m pytest -q -p no:cacheprovider \
+  tests/test_sharding.py tests/test_numpy_oracle.py tests/test_multiprocess.py
 
 if [[ "$BACKEND" != "gpu" && "$BACKEND" != "cuda" ]]; then
   echo "backend is $BACKEND, not a GPU: stopping after the CPU checks (see $OUT/device.json)"
@@ -83,11 +76,11 @@ import jax
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp
 import numpy as np
-sys.path.insert(0, "benchmarks")
-import numpy_reference as ref
 import sims
+from sims import numpy_twin as ref
 from narset_jax.params import NarsetParams
-from narset_jax.sharding import region_mesh, sharded_rollout
+from narset_jax.sharding import region_mesh
+from sims.sharding import sharded_rollout
 
 out = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind}
 sc = sims.Scenario.from_dict(dict(base="crisis", spoofer_fraction=0.2, dropout_rate=0.1,
@@ -134,7 +127,7 @@ step sweep_global 1800 "$PY" -m narset_jax.cli sweep --regions 1e3,1e4,1e5,1e6,1
   --plot "$OUT/sweep_global.png" --no-progress
 
 # 5. The step benchmark's GPU-relevant parts (JAX rows, stage profile, PRNG comparison).
-step bench_step 1800 "$PY" benchmarks/step.py --sizes 1e4,1e5,1e6,1e7 --steps 50 \
+step bench_step 1800 "$PY" -m benchmarks.step --sizes 1e4,1e5,1e6,1e7 --steps 50 \
   --skip numpy,loop,variants --profile-n 1e6 --out "$OUT/step.json"
 
 echo "done: $OUT"

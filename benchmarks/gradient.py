@@ -1,7 +1,7 @@
 """Cost of a gradient step through a whole rollout, relative to a forward rollout, and its
 peak memory with and without ``jax.checkpoint`` around the scan body.
 
-    python benchmarks/gradient.py --regions 4096 --steps 500 \\
+    python -m benchmarks.gradient --regions 4096 --steps 500 \\
         --out benchmarks/results/gradient.json
 
 Each variant runs in its own child process (so its peak resident memory is its own), one
@@ -9,7 +9,7 @@ after another in the same invocation, at the same N, T, scenario and batch:
 
 * ``forward_soft``: the tuning loss, forward only (soft hysteresis), one rollout;
 * ``forward_hard``: ``sims.rollout`` with the hard controller, one rollout;
-* ``grad_remat``: one gradient step (``narset_jax.tune.loss_and_grad`` plus the adam
+* ``grad_remat``: one gradient step (``sims.tune.loss_and_grad`` plus the adam
   update) with ``jax.checkpoint`` around each simulated window;
 * ``grad_plain``: the same without ``jax.checkpoint``;
 * ``interleaved``: the headline ratio. One child times ``forward_soft``, ``forward_hard``
@@ -86,9 +86,9 @@ def _breakdown(variant, N, T, base, raw, scenario):
     import numpy as np
 
     import sims
-    from narset_jax import tune
     from narset_jax.step import init_state, narset_rollout
     from narset_jax.telemetry import Telemetry
+    from sims import tune
 
     remat = variant.endswith("_grad")
     if variant.startswith("ctl"):
@@ -147,8 +147,8 @@ def child(args) -> dict:
     import numpy as np
 
     import sims
-    from narset_jax import tune
     from narset_jax.params import NarsetParams
+    from sims import tune
 
     variant = args.child
     N, T = args.regions, args.steps
@@ -213,10 +213,11 @@ def _program(variant, N, T, base, raw, weights, stacked, keys, temp, scenario):
     analysed)."""
     import jax
     import jax.numpy as jnp
+    import optax
 
     import sims
-    from narset_jax import tune
     from narset_jax.params import NarsetParams
+    from sims import tune
 
     if variant == "forward_hard":
         p = NarsetParams().astype(jnp.float32)
@@ -239,7 +240,11 @@ def _program(variant, N, T, base, raw, weights, stacked, keys, temp, scenario):
         compiled = tune.loss_and_grad.lower(
             raw, base, stacked, keys, weights, temp, cfg=cfg
         ).compile()
-        update = tune._update_fn(opt)
+
+        @jax.jit
+        def update(raw, opt_state, grad):  # the tuner's adam update (sims.tune.training)
+            updates, opt_state = opt.update(grad, opt_state, raw)
+            return optax.apply_updates(raw, updates), opt_state
 
         def step(raw, opt_state, keys):
             _, _, g, gn = compiled(raw, base, stacked, keys, weights, temp)
@@ -302,8 +307,8 @@ def horizon_study(args) -> dict:
     import numpy as np
 
     import sims
-    from narset_jax import tune
     from narset_jax.params import NarsetParams
+    from sims import tune
 
     scenario = sims.load_scenario(args.scenario)
     keys = tune.batch_keys(tune.run_keys(0, tune.STREAM_TRAIN), 0, 1, args.batch)
@@ -356,8 +361,7 @@ def main(argv=None) -> int:
     ap.add_argument("--windows", default="50")
     args = ap.parse_args(argv)
     if args.horizon_study:
-        sys.path.insert(0, str(HERE))
-        import _common
+        from benchmarks import _common
 
         out = {"machine": _common.machine(), "horizon_study": horizon_study(args)}
         text = json.dumps(out, indent=2, sort_keys=True)
@@ -372,17 +376,18 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(child(args)), flush=True)
         return 0
 
-    sys.path.insert(0, str(HERE))
-    import _common
+    from benchmarks import _common
 
     results = {}
     for variant in args.variants.split(","):
-        cmd = [sys.executable, __file__, "--child", variant, "--regions", str(args.regions),
-               "--steps", str(args.steps), "--scenario", args.scenario, "--batch",
-               str(args.batch), "--repeats", str(args.repeats)]
+        cmd = [sys.executable, "-m", "benchmarks.gradient", "--child", variant,
+               "--regions", str(args.regions), "--steps", str(args.steps),
+               "--scenario", args.scenario, "--batch", str(args.batch),
+               "--repeats", str(args.repeats)]
         print(f"[{variant}] running ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(),
+                              cwd=HERE.parent)
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr)
             raise SystemExit(f"variant {variant} failed ({proc.returncode})")

@@ -3,53 +3,37 @@
 Every number in the JSON comes from this one run on this one machine; speed claims are
 ratios against baselines measured in the same run.
 
-    python benchmarks/projection.py --out benchmarks/results/projection.json
+    python -m benchmarks.projection --out benchmarks/results/projection.json
 
 Rows:
 
 * ``jax``: ``jax.jit(project_budget)`` in float32 (seed cost, equal weights), N = 1e3..1e7.
 * ``numpy``: the *same code* (``narset_jax.budget._solve``) executed by NumPy instead of
-  ``jax.numpy`` (its functions are rebound to a namespace where ``jnp`` is ``numpy``).
+  ``jax.numpy`` (its functions are rebound to a namespace where ``jnp`` is ``numpy``: the
+  budget's twin in ``sims.numpy_twin``, which the NumPy closed loop uses too).
 * ``slsqp``: scipy SLSQP per instance with 4 starts (seed cost), on a small sample.
 * ``cvxpy``: cvxpy per instance (convex cost; the seed cost is not DCP), on a small sample.
 * ``profile``: the time of each group of candidate pieces, jitted alone at N = 1e6.
 
-Errors are the max-norm distance to the 60-digit reference in ``tests/reference_budget.py``.
+Errors are the max-norm distance to the 60-digit reference in
+``narset_jax.testing.reference_budget``.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-import types
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
-
-import _common  # noqa: E402
-
-import narset_jax as nj  # noqa: E402
-import narset_jax.budget as budget  # noqa: E402
+import narset_jax as nj
+import narset_jax.budget as budget
+from benchmarks import _common
+from sims.numpy_twin import TWINS
 
 POOL, ALPHA = 1.5, 2.0
-
-
-def numpy_twin(module) -> dict:
-    """The module's functions rebound to globals where ``jnp`` is NumPy: the same maths,
-    line for line, executed eagerly by NumPy."""
-    ns = dict(vars(module))
-    ns["jnp"] = np
-    for name, obj in list(ns.items()):
-        if isinstance(obj, types.FunctionType) and obj.__module__ == module.__name__:
-            ns[name] = types.FunctionType(obj.__code__, ns, name, obj.__defaults__, obj.__closure__)
-    return ns
 
 
 def targets(n, dtype, seed=0):
@@ -92,8 +76,7 @@ def bench_jax(sizes, repeats, rounds):
 
 
 def bench_numpy(sizes, repeats):
-    ns = numpy_twin(budget)
-    solve = ns["_solve"]
+    solve = TWINS["budget"]["_solve"]
     rows = []
     for n in sizes:
         a, b = targets(n, np.float32)
@@ -171,7 +154,7 @@ def _seed_dcost(x):
 
 
 def max_error(a, b, x, cost):
-    import reference_budget as ref
+    from narset_jax.testing import reference_budget as ref
 
     refs = [ref.solve_region(float(ai), float(bi), POOL, ALPHA, cost) for ai, bi in zip(a, b)]
     xr = np.array([[r.x_T, r.x_E] for r in refs])
@@ -259,7 +242,7 @@ def main(argv=None):
         r64 = nj.project_budget(jnp.asarray(a64), jnp.asarray(b64), pool=POOL, alpha=ALPHA)
         errors["jax_float64"] = max_error(a64, b64, np.stack([r64.x_T, r64.x_E], 1), "seed")
     with np.errstate(all="ignore"):
-        xt, xe, _ = numpy_twin(budget)["_solve"](
+        xt, xe, _ = TWINS["budget"]["_solve"](
             "seed", False, np.maximum(a64, 0), np.maximum(b64, 0), 1.5, 2.0, 1.0, 1.0
         )
     errors["numpy_float64"] = max_error(a64, b64, np.stack([xt, xe], 1), "seed")

@@ -225,5 +225,3 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     total = _count(line for lines in comps.values() for line in lines)
     return {"in_loop": in_loop, "total": total}
 
-
-_computations = hlo_computations  # old private name, until the benchmarks use the public one

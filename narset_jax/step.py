@@ -32,7 +32,9 @@ __all__ = [
     "NarsetState",
     "init_state",
     "narset_rollout",
+    "narset_rollout_jit",
     "narset_step",
+    "narset_step_jit",
 ]
 
 _SMOOTHED = (
@@ -312,8 +314,10 @@ def narset_rollout(
     return jax.lax.scan(body, state, telemetry)
 
 
-_step_jit = jax.jit(narset_step)
-_rollout_jit = jax.jit(narset_rollout, static_argnames=("checkpoint",))
+# The jitted forms [`narset_jax.Narset`][] calls (public so that a caller can inspect their
+# compilation caches: new params values must not retrace).
+narset_step_jit = jax.jit(narset_step)
+narset_rollout_jit = jax.jit(narset_rollout, static_argnames=("checkpoint",))
 
 
 class Narset:
@@ -348,10 +352,10 @@ class Narset:
 
     def step(self, state: NarsetState, telemetry: Telemetry) -> tuple[NarsetState, Decision]:
         """One jitted decision window; see [`narset_jax.step.narset_step`][]."""
-        return _step_jit(self.params, state, telemetry)
+        return narset_step_jit(self.params, state, telemetry)
 
     def rollout(
         self, state: NarsetState, telemetry: Telemetry, *, checkpoint: bool = False
     ) -> tuple[NarsetState, Decision]:
         """A jitted ``lax.scan`` of windows over ``[T, N]`` telemetry."""
-        return _rollout_jit(self.params, state, telemetry, checkpoint=checkpoint)
+        return narset_rollout_jit(self.params, state, telemetry, checkpoint=checkpoint)

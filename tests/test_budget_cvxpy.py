@@ -13,9 +13,9 @@ import warnings
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import reference_budget as rb
 
 import narset_jax as nj
+from narset_jax.testing import reference_budget as rb
 
 cp = pytest.importorskip("cvxpy")
 

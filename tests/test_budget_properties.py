@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import jax.test_util as jtu
 import numpy as np
 import pytest
-import reference_budget as rb
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import narset_jax as nj
+from narset_jax.testing import reference_budget as rb
 
 N = 64
 SETTINGS = settings(

@@ -37,11 +37,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import reference_budget as rb
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import narset_jax as nj
+from narset_jax.testing import reference_budget as rb
 
 BATCH = 48
 SETTINGS = settings(

@@ -9,7 +9,7 @@ import pytest
 
 from narset_jax.hysteresis import init_hysteresis, update_mode
 from narset_jax.params import NarsetParams
-from narset_jax.step import DECISION_COLUMNS, Decision, Narset, _step_jit, narset_step
+from narset_jax.step import DECISION_COLUMNS, Decision, Narset, narset_step, narset_step_jit
 from narset_jax.telemetry import Telemetry
 
 N = 16  # one shape for the whole file: the step compiles once
@@ -299,10 +299,10 @@ def test_step_traces_once_per_shape_and_config():
     # The public jitted step: new params values do not retrace.
     state, tel = Narset().init(N), Telemetry.calm(N)
     Narset(P).step(state, tel)
-    size = _step_jit._cache_size()
+    size = narset_step_jit._cache_size()
     for theta in (0.3, 0.5, 0.7):
         Narset(P.replace(theta_enter=theta)).step(state, tel)
-    assert _step_jit._cache_size() == size
+    assert narset_step_jit._cache_size() == size
 
 
 def test_two_runs_are_bitwise_identical():

@@ -1,9 +1,8 @@
-"""The NumPy closed loop (``benchmarks/numpy_reference.py``) against ``sims.rollout``:
+"""The NumPy closed loop (``sims/numpy_twin.py``) against ``sims.rollout``:
 window by window, float64, small N, in scenarios that exercise shocks, NaN bursts,
 dropouts and spoofers, for the per-region and the global pool."""
 
-import sys
-from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -12,10 +11,7 @@ import pytest
 
 import sims
 from narset_jax.params import NarsetParams
-
-ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import numpy_reference as ref  # noqa: E402
+from sims import numpy_twin as ref
 
 N, T = 48, 12
 KEY = jax.random.key(11)
@@ -92,7 +88,7 @@ def test_numpy_matches_jax_window_by_window(scenario, budget):
 
 
 def test_per_region_loop_equals_vectorised(scenario):
-    """The per-region Python loop of benchmarks/step.py computes the same thing."""
+    """The per-region Python loop of the step benchmark computes the same thing."""
     params = NarsetParams()
     init = jax.jit(
         lambda k: sims.rollout_init(params, scenario.without_metadata(), k, 6,
@@ -106,3 +102,29 @@ def test_per_region_loop_equals_vectorised(scenario):
     for i, c in enumerate(parts):
         for name, value in vars(c.sim).items():
             np.testing.assert_array_equal(value, getattr(whole.sim, name)[i : i + 1], name)
+
+
+def _leaves(tree):
+    """Array leaves of the twin's nested namespaces, tuples and pytrees."""
+    if isinstance(tree, SimpleNamespace):
+        tree = list(vars(tree).values())
+    if isinstance(tree, list) or (isinstance(tree, tuple) and not hasattr(tree, "_fields")):
+        return [leaf for v in tree for leaf in _leaves(v)]
+    return jax.tree.leaves(tree)
+
+
+@pytest.mark.parametrize("budget", ["region", "global", "fixed_sum"])
+def test_the_twin_runs_in_numpy_only(scenario, budget):
+    """Every stage, in every module it spans, is twinned: nothing falls back to JAX (which
+    would still agree with JAX, and make the NumPy baseline of the step benchmark a JAX
+    one)."""
+    params = NarsetParams(budget=budget)
+    init = jax.jit(
+        lambda k: sims.rollout_init(params, scenario.without_metadata(), k, 8,
+                                    dtype=jnp.float64)
+    )(KEY)
+    carry = ref.window(params, scenario, ref.from_jax(init))
+    leaves = _leaves((carry.sim, carry.ctl, carry.acc, carry.last))
+    assert len(leaves) > 100
+    for leaf in leaves:
+        assert isinstance(leaf, np.ndarray | np.generic), type(leaf)

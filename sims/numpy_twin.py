@@ -1,16 +1,18 @@
 """The closed loop (controller plus simulator, one window at a time) in NumPy.
 
 Same semantics as ``sims.rollout`` with the ``"narset"`` controller, executed eagerly by
-NumPy on ``[N]`` arrays (structure of arrays). It is the speed baseline of
-``benchmarks/step.py`` and a second oracle in ``tests/test_numpy_oracle.py``.
+NumPy on ``[N]`` arrays (structure of arrays). It is the speed baseline of the step
+benchmark (``python -m benchmarks.step``) and a second oracle in
+``tests/test_numpy_oracle.py``.
 
 How it is built, and so what it checks:
 
 - **The formulas of each stage** (sanitise, smoothing, scores, hysteresis, policy, inertia,
   the per-region projection, authority, the ecology's transition, its counter-based random
   numbers, the metrics) are the library's own functions, re-bound to a namespace where
-  ``jnp`` is NumPy (``numpy_twin``, as in ``benchmarks/projection.py``). They are the same
-  lines of Python, run by NumPy instead of traced by JAX.
+  ``jnp`` is NumPy ([`sims.numpy_twin.numpy_twin`][]; every module a stage calls into is
+  twinned too, and so are the cost models' methods). They are the same lines of Python, run
+  by NumPy instead of traced by JAX. ``benchmarks/projection.py`` times the budget's twin.
 - **Everything that ties the stages together** is written out here by hand: the decision
   window (``narset_step``), the global pool's bisection (``project_global_pool``, a
   ``fori_loop`` in JAX), the fixed-sum projection, the closed loop and its metric
@@ -19,19 +21,22 @@ How it is built, and so what it checks:
 
 So agreement with JAX checks tracing, ``jit``, ``scan``, sharding, dtype handling and the
 plumbing between stages; it does not re-derive a stage's maths (the budget has its own
-60-digit reference in ``tests/reference_budget.py``). The initial state (whose per-region
-keys come from ``jax.random.fold_in``) is taken from ``sims.rollout_init``.
+60-digit reference in ``narset_jax.testing.reference_budget``). The initial state (whose
+per-region keys come from ``jax.random.fold_in``) is taken from ``sims.rollout_init``.
 
-    import numpy_reference as ref
+    from sims import numpy_twin as ref
     carry = ref.from_jax(sims.rollout_init(params, scenario, key, n))
     for _ in range(T):
         carry = ref.window(params, scenario, carry)
     ref.metrics(params, scenario, carry)
+
+Not imported by ``import sims``: importing it builds the NumPy twins of the stage modules.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 from types import SimpleNamespace
 
@@ -39,15 +44,16 @@ import numpy as np
 
 import narset_jax.authority as _authority
 import narset_jax.budget as _budget
+import narset_jax.cost as _costs
 import narset_jax.hysteresis as _hysteresis
 import narset_jax.policy as _policy
 import narset_jax.signals as _signals
 import narset_jax.telemetry as _telemetry
 import sims._rng as _rng
-import sims.ecology as _ecology
+import sims.ecologies.stylised as _ecology
 import sims.metrics as _metrics
 
-__all__ = ["Carry", "from_jax", "metrics", "numpy_twin", "window", "TWINS"]
+__all__ = ["Carry", "from_jax", "metrics", "numpy_twin", "take", "window", "TWINS"]
 
 
 def _sigmoid(z):
@@ -74,47 +80,76 @@ def numpy_twin(module, **extra) -> dict:
     return ns
 
 
-def _build_twins() -> dict[str, dict]:
-    twins = {
-        "telemetry": numpy_twin(_telemetry),
-        "hysteresis": numpy_twin(_hysteresis),
-        "signals": numpy_twin(_signals),
-        "policy": numpy_twin(_policy),
-        "budget": numpy_twin(_budget),
-        "authority": numpy_twin(_authority),
-        "rng": numpy_twin(_rng, U32=np.uint32),
-        "ecology": numpy_twin(_ecology),
-        "metrics": numpy_twin(_metrics),
-    }
-    # Cross-module imports point at the twins too.
-    shared = {}
-    for ns in twins.values():
-        for name, obj in ns.items():
-            if isinstance(obj, types.FunctionType) and obj.__globals__ is ns:
-                shared.setdefault(name, obj)
-    for mod, ns in twins.items():
-        for name in list(ns):
-            original = getattr(_MODULES[mod], name, None)
-            if (
-                isinstance(original, types.FunctionType)
-                and original.__module__ != _MODULES[mod].__name__
-                and name in shared
-            ):
-                ns[name] = shared[name]
-    return twins
-
-
 _MODULES = {
     "telemetry": _telemetry,
     "hysteresis": _hysteresis,
     "signals": _signals,
     "policy": _policy,
     "budget": _budget,
+    "cost": _costs,
     "authority": _authority,
     "rng": _rng,
     "ecology": _ecology,
     "metrics": _metrics,
 }
+# Extra globals of a module's twin.
+_EXTRA = {"rng": {"U32": np.uint32}}
+_PACKAGES = ("narset_jax", "sims")
+
+
+def _reached(modules: dict) -> dict:
+    """``modules``, and every module of ours whose functions they call (keyed by its full
+    name): a stage spread over several modules is twinned whole, so no part of it runs in
+    JAX by mistake."""
+    out = dict(modules)
+    seen = {m.__name__ for m in out.values()}
+    todo = list(out.values())
+    while todo:
+        for obj in vars(todo.pop()).values():
+            owner = obj.__module__ if isinstance(obj, types.FunctionType) else ""
+            if owner.split(".")[0] in _PACKAGES and owner not in seen:
+                seen.add(owner)
+                out[owner] = sys.modules[owner]
+                todo.append(out[owner])
+    return out
+
+
+def _build_twins() -> dict[str, dict]:
+    modules = _reached(_MODULES)
+    twins = {key: numpy_twin(mod, **_EXTRA.get(key, {})) for key, mod in modules.items()}
+    # A function one module imports from another calls the other module's twin.
+    twin_of = {}
+    for key, mod in modules.items():
+        for name, obj in vars(mod).items():
+            if isinstance(obj, types.FunctionType) and obj.__module__ == mod.__name__:
+                twin_of[obj] = twins[key][name]
+    for ns in twins.values():
+        for name, obj in list(ns.items()):
+            if isinstance(obj, types.FunctionType) and obj in twin_of:
+                ns[name] = twin_of[obj]
+    # Cost models are objects: the twin's registry makes models whose methods are twins.
+    by_module = {modules[key].__name__: ns for key, ns in twins.items()}
+    twins["cost"]["COST_MODELS"] = {
+        name: _twin_class(cls, by_module) for name, cls in _costs.COST_MODELS.items()
+    }
+    return twins
+
+
+def _twin_class(cls, by_module: dict):
+    """A subclass of ``cls`` whose methods, its own and inherited from twinned modules, run
+    in the twins' namespaces."""
+    methods = {}
+    for base in reversed(cls.__mro__):
+        ns = by_module.get(base.__module__)
+        if ns is None:
+            continue
+        for name, fn in vars(base).items():
+            if isinstance(fn, types.FunctionType) and not name.startswith("__"):
+                methods[name] = types.FunctionType(fn.__code__, ns, name, fn.__defaults__,
+                                                   fn.__closure__)
+    return type(cls.__name__, (cls,), methods)
+
+
 TWINS = _build_twins()
 
 
@@ -226,7 +261,7 @@ def project(p, t_T, t_E):
 
 # ---------------------------------------------------------------------------------------
 # One decision window (narset_jax.step.narset_step) and one closed-loop window
-# (sims.rollout._window), "narset" controller.
+# (sims.rollout.advance), "narset" controller.
 
 
 def controller_step(p, state, tel):
@@ -296,7 +331,7 @@ def window(params, scenario, carry: Carry) -> Carry:
     acc = SimpleNamespace(
         n=acc.n + 1,
         switches=acc.switches + np.abs(m - acc.prev_mode),
-        churn=acc.churn + np.abs(d.x_T - sim.prev_x_T) + np.abs(d.x_E - sim.prev_x_E),
+        churn=acc.churn + np.abs(d.x_T - acc.prev_x_T) + np.abs(d.x_E - acc.prev_x_E),
         overdrive=acc.overdrive + od,
         unsafe=acc.unsafe + ev.unsafe,
         rollbacks=acc.rollbacks + ev.rollback,
@@ -309,6 +344,8 @@ def window(params, scenario, carry: Carry) -> Carry:
         x_E=acc.x_E + d.x_E,
         missing=acc.missing + (~d.raw.valid).astype(dtype),
         prev_mode=m,
+        prev_x_T=d.x_T,
+        prev_x_E=d.x_E,
     )
     sim_ns = SimpleNamespace(**{f.name: getattr(sim_new, f.name)
                                 for f in dataclasses.fields(sim_new)})
@@ -324,6 +361,6 @@ def metrics(params, scenario, carry: Carry) -> dict:
     p = _leaves(params, dtype)
     sc = _leaves(scenario, dtype)
     pool = np.ones((), dtype) if p.budget == "fixed_sum" else p.pool
-    spoofer = carry.sim.spoof_u < sc.spoofer_fraction
-    m = TWINS["metrics"]["metrics_from"](carry.acc, carry.sim, spoofer, pool)
+    outcome = TWINS["ecology"]["outcome"](sc, carry.sim)
+    m = TWINS["metrics"]["metrics_from"](carry.acc, outcome, pool)
     return {f.name: float(getattr(m, f.name)) for f in dataclasses.fields(m)}

@@ -1,4 +1,5 @@
-"""Slow, obviously-correct reference solvers for the budget projections (tests only).
+"""Slow, obviously-correct reference solvers for the budget projections (for the tests and
+the projection benchmark; the library never uses them).
 
 Plain NumPy and the standard library's ``decimal`` (60 significant digits); no JAX, and
 nothing shared with ``narset_jax.budget``. The problem (DESIGN.md section 2) is

@@ -1,5 +1,4 @@
-"""Helpers shared by the test suite, the benchmarks and the docs' examples (not used by the
-library itself): synthetic event logs in the JSONL schema of ``docs/telemetry.md``."""
+"""Synthetic event logs in the JSONL schema of ``docs/telemetry.md``."""
 
 from __future__ import annotations
 
