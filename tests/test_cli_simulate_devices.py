@@ -4,7 +4,7 @@ summary and ``narset replay`` of a sharded run against the one-device run.
 Regions are sharded over the 4 host devices of the test session (conftest). N = 62 is not a
 multiple of 4, so the sharded runs also pad (to 64) and drop the padding. Every budget mode
 gives the one-device log bit for bit: per-region pools run both steps sharded; the global
-pool runs its controller gathered, as replay does (``narset_jax/cli/simulate.py``).
+pool runs its controller gathered, as replay does (``sims/simulate.py``).
 """
 
 import json
