@@ -138,6 +138,12 @@ def _solve_region(cost, weighted, t_T, t_E, B, alpha, w_T, w_E):
     k = jnp.argmin(jnp.stack(fs), axis=0)[None]
     best_T = jnp.take_along_axis(jnp.stack(xs_T), k, axis=0)[0]
     best_E = jnp.take_along_axis(jnp.stack(xs_E), k, axis=0)[0]
+    # The feasible set is downward closed, so the projection never exceeds the target. At
+    # near-ties (objectives equal to working precision) the argmin could pick a candidate
+    # a rounding error above it, e.g. the kink (1, 1) for t = (1 - 6e-12, 1 + 1e-10); the
+    # clip is exact and keeps the point feasible.
+    best_T = jnp.minimum(best_T, t_T)
+    best_E = jnp.minimum(best_E, t_E)
     x_T = jnp.where(feasible, t_T, best_T)
     x_E = jnp.where(feasible, t_E, best_E)
     price = jnp.where(feasible, 0, _price(t_T, t_E, x_T, x_E, w_T, w_E, alpha, cost))
