@@ -385,7 +385,8 @@ def _recording_objectives(calls):
     """A stand-in for ``tune.rollout_objectives`` (the hard rollouts) that records what would
     have been simulated: ``(budget, hysteresis, controller, scenario name)``."""
 
-    def fake(params, controller, scenario, keys, n_regions, n_steps, weights, dtype):
+    def fake(params, controller, scenario, keys, n_regions, n_steps, weights, dtype,
+             ecology=None):
         calls.append((params.budget, params.hysteresis, controller, scenario.name))
         obj = np.arange(len(keys), dtype=np.float64) + len(calls)
         return obj, [{m: 0.0 for m in tune.REPORT_METRICS} for _ in keys]

@@ -35,9 +35,11 @@ REPORT_METRICS = (
 )
 
 
-def rollout_objectives(params, controller, scenario, keys, n_regions, n_steps, weights, dtype):
+def rollout_objectives(params, controller, scenario, keys, n_regions, n_steps, weights, dtype,
+                       ecology=None):
     """Objective and metrics of one controller over seeds, one ``sims.rollout`` per seed
-    (so every call shares ``sims.rollout``'s compiled program for that controller).
+    (so every call shares ``sims.rollout``'s compiled program for that controller), on
+    ``ecology`` (default: the stylised one; ``scenario`` is its params).
 
     **Returns:** ``(objective [len(keys)] (NumPy), [metrics dict per seed])``.
     """
@@ -46,7 +48,8 @@ def rollout_objectives(params, controller, scenario, keys, n_regions, n_steps, w
     objs, mets = [], []
     for k in keys:
         m = sims.rollout(
-            params, scenario, k, n_regions, n_steps, controller=controller, dtype=dtype
+            params, scenario, k, n_regions, n_steps, controller=controller, ecology=ecology,
+            dtype=dtype,
         ).metrics
         objs.append(float(sims.objective(m, weights)))
         mets.append(m.to_dict())
@@ -67,6 +70,7 @@ def evaluate(
     budget: str | None = None,
     dtype=jnp.float32,
     progress: Callable[[], None] | None = None,
+    ecology=None,
 ) -> dict[str, Any]:
     """Evaluate controllers with the **hard** hysteresis on held-out seeds.
 
@@ -100,7 +104,7 @@ def evaluate(
         for label, (params, controller) in candidates.items():
             params = scenario_params(hard(params), sc, budget)
             obj, mets = rollout_objectives(
-                params, controller, sc, keys, n_regions, n_steps, weights, dtype
+                params, controller, sc, keys, n_regions, n_steps, weights, dtype, ecology
             )
             values[label] = obj
             rows[label] = {

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +52,10 @@ class TuneConfig:
     - ``checkpoint``: wrap each simulated window in ``jax.checkpoint`` (rematerialise in the
       backward pass), so memory does not grow with ``T`` times the step's residuals.
     - ``dtype``: ``"float32"`` or ``"float64"``.
+    - ``controller``: the controller whose params are tuned (a Narset-family
+      [`sims.Controller`][] or its name; default ``"narset"``).
+    - ``ecology``: the [`sims.Ecology`][] (or its name) the rollouts run on; ``None`` is the
+      stylised ecology, whose params are the scenarios.
     """
 
     n_regions: int
@@ -59,6 +63,8 @@ class TuneConfig:
     truncate: int | None = None
     checkpoint: bool = True
     dtype: str = "float32"
+    controller: Any = "narset"
+    ecology: Any = None
 
     def __post_init__(self):
         for name in ("n_regions", "n_steps"):
@@ -184,17 +190,18 @@ def truncated_scan(chunk: Callable, carry, n_steps: int, window: int):
 def rollout_metrics(params: NarsetParams, scenario, key, cfg: TuneConfig) -> sims.Metrics:
     """The [`sims.Metrics`][] of one rollout of the Narset controller (differentiable when
     ``params.hysteresis`` is relaxed). The forward values equal ``sims.rollout``'s."""
-    carry = sims.rollout_init(params, scenario, key, cfg.n_regions, dtype=cfg.jdtype)
+    loop = dict(controller=cfg.controller, ecology=cfg.ecology)
+    carry = sims.rollout_init(params, scenario, key, cfg.n_regions, dtype=cfg.jdtype, **loop)
     if cfg.truncate is None or cfg.truncate >= cfg.n_steps:
         carry, _ = sims.rollout_chunk(
-            params, scenario, carry, cfg.n_steps, checkpoint=cfg.checkpoint
+            params, scenario, carry, cfg.n_steps, checkpoint=cfg.checkpoint, **loop
         )
     else:
         chunk = lambda c, n: sims.rollout_chunk(  # noqa: E731
-            params, scenario, c, n, checkpoint=cfg.checkpoint
+            params, scenario, c, n, checkpoint=cfg.checkpoint, **loop
         )[0]
         carry = truncated_scan(chunk, carry, cfg.n_steps, cfg.truncate)
-    return sims.rollout_metrics(params, scenario, carry)
+    return sims.rollout_metrics(params, scenario, carry, ecology=cfg.ecology)
 
 
 def batch_loss(raw, base, scenarios, keys, weights, temp_factor, cfg: TuneConfig):

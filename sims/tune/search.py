@@ -44,6 +44,8 @@ def random_search(
     budget: str | None = None,
     dtype=jnp.float32,
     progress: Callable[[int], None] | None = None,
+    controller="narset",
+    ecology=None,
 ) -> SearchResult:
     """Gradient-free baseline: Gaussian random search in the same raw space.
 
@@ -76,9 +78,9 @@ def random_search(
         params = to_params(raw, hard_base)
         total = []
         for s, sc in enumerate(scenarios):
-            o, _ = evaluation.rollout_objectives(scenario_params(params, sc, budget), "narset",
-                                                 sc, keys[s], n_regions, n_steps, weights,
-                                                 dtype)
+            o, _ = evaluation.rollout_objectives(scenario_params(params, sc, budget),
+                                                 controller, sc, keys[s], n_regions, n_steps,
+                                                 weights, dtype, ecology)
             total.append(o)
         scores[i] = float(np.mean(np.concatenate(total)))
         if progress is not None:
