@@ -4,6 +4,7 @@ Each takes the caller's error class, so messages keep naming the right type and 
 
 from __future__ import annotations
 
+import datetime
 import os
 import tomllib
 from collections.abc import Iterable
@@ -40,6 +41,47 @@ def plain_leaves(obj, names: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def describe(value) -> str:
+    """What a (TOML or JSON) value is, for "must be a number, got ..." messages: ``"a list
+    ([2.0])"``, ``"a table"``, ``"a string ('x')"``, ``"a boolean (true)"``, or the number."""
+    if isinstance(value, bool):
+        return f"a boolean ({'true' if value else 'false'})"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        kind = "a string"
+    elif isinstance(value, list | tuple):
+        kind = "a list"
+    elif isinstance(value, dict):
+        return "a table"
+    elif isinstance(value, datetime.date | datetime.time):
+        kind = "a date or time"
+    elif value is None:
+        return "nothing"
+    else:
+        kind = f"a {type(value).__name__}"
+    text = repr(value)
+    return f"{kind} ({text if len(text) <= 40 else text[:37] + '...'})"
+
+
+def is_number(value) -> bool:
+    """A TOML number: an int or a float, not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_toml_types(data, numbers, strings, error: type[Exception], prefix: str) -> None:
+    """Raise ``error("<prefix><key> must be a number, got a list ([2.0])")`` for the first
+    key of ``data`` in ``numbers`` that is not a number, or in ``strings`` that is not a
+    string (keys in neither are left to the caller's unknown-key check). ``prefix`` names
+    the file (and owner), e.g. ``"p.toml: NarsetParams."``."""
+    numbers, strings = set(numbers), set(strings)
+    for key, value in data.items():
+        if key in numbers and not is_number(value):
+            raise error(f"{prefix}{key} must be a number, got {describe(value)}")
+        if key in strings and not isinstance(value, str):
+            raise error(f"{prefix}{key} must be a string, got {describe(value)}")
+
+
 def read_toml(path, error: type[Exception], what: str) -> dict[str, Any]:
     """A TOML file's table; unreadable or malformed files raise ``error`` naming the file
     (and, when malformed, the line and column)."""
@@ -51,6 +93,8 @@ def read_toml(path, error: type[Exception], what: str) -> dict[str, Any]:
         raise error(f"{path}: cannot read {what}: {err.strerror or err}") from None
     except tomllib.TOMLDecodeError as err:
         raise error(f"{path}: malformed TOML: {err}") from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays or tables
+        raise error(f"{path}: malformed TOML: nested too deeply") from None
 
 
 def check_range(owner: str, name: str, value, bounds, error: type[Exception]) -> np.ndarray:

@@ -21,7 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from narset_jax._config import check_range, plain_leaves, read_toml, reject_unknown
+from narset_jax._config import (
+    check_range,
+    check_toml_types,
+    describe,
+    plain_leaves,
+    read_toml,
+    reject_unknown,
+)
 from narset_jax._config import interval as _interval
 from narset_jax.cost import COSTS
 from narset_jax.errors import UserError
@@ -360,9 +367,13 @@ class NarsetParams(eqx.Module):
         for key, value in data.items():
             if key in _STATIC:
                 if not isinstance(value, str):
-                    raise ParamsError(f"{where}NarsetParams.{key} must be a string, got {value!r}")
+                    raise ParamsError(
+                        f"{where}NarsetParams.{key} must be a string, got {describe(value)}"
+                    )
             elif not _is_number_like(value):
-                raise ParamsError(f"{where}NarsetParams.{key} must be a number, got {value!r}")
+                raise ParamsError(
+                    f"{where}NarsetParams.{key} must be a number, got {describe(value)}"
+                )
             kwargs[key] = value
         try:
             return cls(**kwargs)
@@ -371,13 +382,21 @@ class NarsetParams(eqx.Module):
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> NarsetParams:
-        """Read params from a TOML file of top-level ``key = value`` pairs.
+        """Read params from a TOML file of top-level ``key = value`` pairs: one
+        configuration, so every tunable value is a number (not a list or a table) and
+        ``cost``, ``budget`` and ``hysteresis`` are strings.
 
         **Raises:** [`narset_jax.params.ParamsError`][] with the file name and, for
-        malformed TOML, the line and column; unknown keys are named.
+        malformed TOML, the line and column; unknown keys and values of the wrong type
+        (e.g. ``p.toml: NarsetParams.alpha must be a number, got a list ([2.0])``) are
+        named.
         """
         path = os.fspath(path)
-        return cls.from_dict(read_toml(path, ParamsError, "params"), source=path)
+        data = read_toml(path, ParamsError, "params")
+        check_toml_types(
+            data, cls.tunable_names(), _STATIC, ParamsError, f"{path}: NarsetParams."
+        )
+        return cls.from_dict(data, source=path)
 
     def to_toml(self) -> str:
         """TOML text that [`narset_jax.NarsetParams.from_toml`][] reads back to equal params."""

@@ -26,9 +26,18 @@ import sims
 from narset_jax.errors import UserError
 from narset_jax.params import NarsetParams
 from sims import phase
-from sims.phase import AXES, CHURN_REF, FLAP_REF, Axis, axis_coordinate, cell_values
+from sims.phase import (
+    AXES,
+    CHUNK_REGIONS,
+    CHURN_REF,
+    FLAP_REF,
+    METRICS,
+    Axis,
+    axis_coordinate,
+    cell_values,
+)
 
-__all__ = ["PhaseRun", "run_phase"]
+__all__ = ["PhaseRun", "check_phase_memory", "run_phase"]
 
 
 @dataclass
@@ -53,6 +62,30 @@ def _check_name(name: str) -> str:
     if not name or "/" in name or name.startswith("."):
         raise UserError(f"--name must be a plain file stem, got {name!r}")
     return name
+
+
+def check_phase_memory(x: Axis, y: Axis, *, regions: int, seeds: int, chunks: int | None,
+                       itemsize: int = 4, grids: int = 1, available: int | None = None) -> None:
+    """Refuse (a one-line ``UserError`` stating the estimate) a grid that cannot fit in
+    this machine's memory: one compiled call simulates a chunk of rows (cells x seeds x
+    regions at once, chunked as [`sims.phase.phase_grid`][] does) and the host keeps
+    every cell's samples of every metric (``grids`` times: the main grid and each
+    ``--compare``)."""
+    from narset_jax.resources import check_fits, closed_loop_bytes
+
+    nx, ny = x.n, y.n
+    if chunks is None:
+        per_row = nx * seeds * regions
+        chunks = min(ny, max(8, -(-ny * per_row // CHUNK_REGIONS)))
+    cells = -(-ny // min(chunks, ny)) * nx  # per compiled call
+    device = closed_loop_bytes(regions, itemsize=itemsize, copies=cells * seeds)
+    # float64 samples (held about 3 times: parts, concatenation, statistics) and values.
+    host = nx * ny * 8 * (seeds * len(METRICS) * 3 + 8) * grids
+    check_fits(
+        device + host,
+        f"a {nx} x {ny} grid x {seeds} seeds x {regions} regions ({cells} cells per call)",
+        available=available,
+    )
 
 
 def _overrides(items, params, axes):
@@ -181,6 +214,8 @@ def run_phase(
         raise UserError(
             f"unknown --controller {controller!r}; valid: {', '.join(sims.CONTROLLERS)}"
         )
+    check_phase_memory(x, y, regions=regions, seeds=seeds, chunks=chunks,
+                       itemsize=8 if float64 else 4, grids=1 + len(compare))
     scen = sims.load_scenario(scenario)
     defaults = scen.recommended_params(NarsetParams())
     params, changes = _overrides(overrides, defaults, (x, y))

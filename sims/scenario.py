@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from narset_jax._config import check_range, plain_leaves, read_toml, reject_unknown
+from narset_jax._config import check_range, describe, plain_leaves, read_toml, reject_unknown
 from narset_jax.errors import UserError
 
 __all__ = [
@@ -303,7 +303,7 @@ class Scenario(eqx.Module):
             if base not in SCENARIOS:
                 raise ScenarioError(
                     f"{where}base must name a shipped scenario ({', '.join(SCENARIOS)}), "
-                    f"got {base!r}"
+                    f"got {describe(base)}"
                 )
             kwargs = _read_toml(SCENARIO_DIR / f"{base}.toml")
             kwargs.pop("base", None)
@@ -311,9 +311,9 @@ class Scenario(eqx.Module):
         for key, value in kwargs.items():
             if key in _META:
                 if value is not None and not isinstance(value, str):
-                    raise ScenarioError(f"{where}{key} must be a string, got {value!r}")
+                    raise ScenarioError(f"{where}{key} must be a string, got {describe(value)}")
             elif isinstance(value, bool) or not isinstance(value, int | float):
-                raise ScenarioError(f"{where}{key} must be a number, got {value!r}")
+                raise ScenarioError(f"{where}{key} must be a number, got {describe(value)}")
         try:
             return cls(**kwargs)
         except ScenarioError as err:

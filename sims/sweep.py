@@ -25,6 +25,7 @@ from narset_jax.errors import UserError
 __all__ = [
     "SweepError",
     "SweepRow",
+    "check_sweep_memory",
     "machine",
     "parse_sizes",
     "run_sweep",
@@ -93,6 +94,22 @@ def parse_sizes(text: str | Sequence) -> list[int]:
     if not sizes:
         raise SweepError("--regions: no sizes given")
     return sizes
+
+
+def check_sweep_memory(sizes: Sequence[int], dtype="float32", processes: int = 1, *,
+                       available: int | None = None) -> None:
+    """Refuse (a one-line ``UserError`` stating the estimate) a sweep whose largest size
+    cannot fit in this machine's memory: its regions are split over ``processes``, and
+    one size is held at a time ([`narset_jax.resources.closed_loop_bytes`][])."""
+    import numpy as np
+
+    from narset_jax.resources import check_fits, closed_loop_bytes
+
+    n = max(sizes)
+    per_process = -(-n // max(int(processes), 1))
+    what = f"--regions {n}" + (f" over {processes} processes" if processes > 1 else "")
+    needed = closed_loop_bytes(per_process, itemsize=np.dtype(dtype).itemsize)
+    check_fits(needed, what, available=available)
 
 
 def machine() -> dict:
@@ -205,6 +222,7 @@ def run_sweep(
         raise SweepError(f"--steps must be a positive integer, got {steps!r}")
     if repeats < 1 or warmup < 0:
         raise SweepError("--repeats must be >= 1 and --warmup >= 0")
+    check_sweep_memory(sizes, dtype, jax.process_count())
     params = NarsetParams() if params is None else params
     params = params.replace(budget=budget)
     sc = load_scenario(scenario)

@@ -78,13 +78,14 @@ def run(args) -> int:
 
     # Devices and processes first: nothing may touch a JAX backend before this.
     setup = setup_devices(args)
-    from sims.sweep import parse_sizes
+    from sims.sweep import check_sweep_memory, parse_sizes
 
     sizes = parse_sizes(args.regions)
     if args.steps <= 0:
         raise UserError(f"--steps must be a positive integer, got {args.steps}")
     if args.repeats < 1 or args.warmup < 0:
         raise UserError("--repeats must be >= 1 and --warmup >= 0")
+    check_sweep_memory(sizes, args.dtype, setup.num_processes)  # before any output
     import jax
 
     import sims

@@ -26,11 +26,16 @@ file must be roughly in window order: window ``w`` is closed once an event of wi
 ``>= w + lag`` has been read (or the file ends). An event for a closed window is an error
 (``late_event``); raise ``lag`` to allow more skew between regions.
 
-Malformed lines (not JSON, unknown kind, missing field, wrong type, window going backwards
-for its region, late event) raise [`narset_jax.ingest.IngestError`][] naming the file and
-line (``on_error="stop"``), or are skipped and counted (``on_error="skip"``). Events for an
-unknown region id and out-of-range values are never silently dropped: they are counted in
-the [`narset_jax.ingest.IngestReport`][].
+Malformed lines (not JSON, nested too deeply, unknown kind, missing field, wrong type,
+window going backwards for its region, late event) raise
+[`narset_jax.ingest.IngestError`][] naming the file and line (``on_error="stop"``), or are
+skipped and counted (``on_error="skip"``). Events for an unknown region id and
+out-of-range values (a value that would overflow the ``dtype`` the windows are cast to
+included) are never silently dropped: they are counted in the
+[`narset_jax.ingest.IngestReport`][]. A ``.jsonl.gz`` that is cut short or has bad data
+inside or after its gzip stream raises an ``IngestError`` (reason ``truncated_gzip`` or
+``corrupt_gzip``) naming the line after the last complete one, with either ``on_error``:
+the windows closed before it have already been yielded.
 
 Modules: ``schema`` (event kinds, reasons, one event's parsing, the error and the report),
 ``accumulate`` (one window's aggregates, carried levels, the missing-window fill),
@@ -43,9 +48,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import numpy as np
+
 from narset_jax.errors import UserError
 from narset_jax.ingest.accumulate import MISSING_FILL, LevelCarry, WindowAccumulator
-from narset_jax.ingest.jsonl import jsonl_windows, open_binary
+from narset_jax.ingest.jsonl import GZIP_ERRORS, jsonl_windows, open_binary
 from narset_jax.ingest.parquet import check_parquet_columns, parquet_n_regions, parquet_windows
 from narset_jax.ingest.schema import (
     ANOMALIES,
@@ -111,6 +118,9 @@ def detect_format(path: str | os.PathLike) -> str:
 def scan_jsonl_regions(path: str | os.PathLike) -> tuple[int, int | None]:
     """Largest region id among well-formed events, and its line (a first, cheap pass).
 
+    A gzip stream cut short or corrupt ends the pass quietly: the reading pass reports it,
+    after the windows before it.
+
     **Returns:** ``(max_region, line)``, ``(-1, None)`` when there is no valid event.
     """
     path = os.fspath(path)
@@ -121,12 +131,18 @@ def scan_jsonl_regions(path: str | os.PathLike) -> tuple[int, int | None]:
             try:
                 try:
                     region = parse_fields(fast_decode(line))[0]
-                except ValueError:
+                except (ValueError, RecursionError):
                     region = parse_fields(decode_line(line))[0]
             except Malformed:
                 continue
             if region > best:
                 best, where = region, lineno
+    except GZIP_ERRORS:
+        pass
+    except OSError as err:
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror or str(err), path) from None
+        raise
     finally:
         raw.close()
     return best, where
@@ -142,6 +158,7 @@ def open_windows(
     first_window: int | None = None,
     progress: bool = False,
     batch_rows: int = 65_536,
+    dtype="float32",
 ) -> EventWindows:
     """Open a JSONL event log (optionally gzipped) or a Parquet table as a window stream.
 
@@ -163,6 +180,11 @@ def open_windows(
       window ``first_window + s`` (recorded in the report).
     - ``progress``: show a tqdm progress bar (bytes of JSONL, rows of Parquet) on stderr.
     - ``batch_rows``: Parquet rows per record batch.
+    - ``dtype``: the dtype the windows will be cast to (``"float32"``, the controller's
+      default, or ``"float64"``). A finite value beyond its largest value is counted as
+      out of range (the JSONL event is dropped; a Parquet cell, or a window's
+      ``alpha_shock`` sum, is clipped to it), so the cast never overflows.
+      [`narset_jax.ingest.EventWindows.chunks`][] sets it to its own ``dtype``.
 
     **Returns:** an [`narset_jax.ingest.EventWindows`][]; its ``report`` is complete once it
     has been iterated to the end.
@@ -190,6 +212,12 @@ def open_windows(
         if not os.path.isfile(source):
             raise UserError(f"{source}: no such file")
         fmt = detect_format(source)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise UserError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dtype not in (np.float32, np.float64):
+        raise UserError(f"dtype must be float32 or float64, got {dtype}")
     report = IngestReport(source=source, format="parquet" if fmt == "parquet" else "jsonl")
     report.lag = lag
 
@@ -207,10 +235,10 @@ def open_windows(
                 raise UserError(f"{source}: no rows with a region id >= 0")
             _check_inferred(n_regions, f"{source}: largest region id {n_regions - 1}")
         report.n_regions = n_regions
-        stream = WindowStream(n_regions, lag, max_gap, first_window, report, source)
+        stream = WindowStream(n_regions, lag, max_gap, first_window, report, source, dtype)
         bar = _bar(progress, pf.metadata.num_rows, "rows", source)
         gen = parquet_windows(pf, stream, on_error, batch_rows, bar)
-        return EventWindows(_closing(gen, bar, None), n_regions, report)
+        return EventWindows(_closing(gen, bar, None), n_regions, report, stream)
 
     if n_regions is None:
         top, line = scan_jsonl_regions(source)
@@ -236,9 +264,11 @@ def open_windows(
                 pos[0] = now
         else:
             update = bar.update
-    stream = WindowStream(n_regions, lag, max_gap, first_window, report, source)
+    stream = WindowStream(n_regions, lag, max_gap, first_window, report, source, dtype)
     gen = jsonl_windows(fh, stream, on_error, update)
-    return EventWindows(_closing(gen, bar, raw if source != "-" else None), n_regions, report)
+    return EventWindows(
+        _closing(gen, bar, raw if source != "-" else None), n_regions, report, stream
+    )
 
 
 def _check_on_error(on_error: str) -> None:

@@ -76,7 +76,7 @@ def parquet_windows(pf, stream: WindowStream, on_error: str, batch_rows: int, pr
     skip = on_error == "skip"
     columns = list(_PARQUET_INT_COLUMNS + TELEMETRY_FIELDS)
     row0 = 0
-    for batch in pf.iter_batches(columns=columns, batch_size=batch_rows):
+    for batch in _batches(pf, columns, batch_rows, source):
         nrows = batch.num_rows
         report.lines += nrows
         cols, null, null_col = _batch_columns(batch, columns)
@@ -154,6 +154,23 @@ def parquet_windows(pf, stream: WindowStream, on_error: str, batch_rows: int, pr
             progress(nrows)
         row0 += nrows
     yield from stream.finish()
+
+
+def _batches(pf, columns, batch_rows: int, source: str):
+    """``pf``'s record batches; a corrupt or unreadable page raises a one-line
+    ``UserError`` naming the file."""
+    import pyarrow as pa
+
+    batches = pf.iter_batches(columns=columns, batch_size=batch_rows)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as err:
+            detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise UserError(f"{source}: unreadable Parquet: {detail}") from None
+        yield batch
 
 
 def _batch_columns(batch, columns):

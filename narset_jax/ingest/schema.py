@@ -50,6 +50,10 @@ REASONS = (
     "late_event",
 )
 
+# Reasons a whole file stops being readable (an IngestError with ``on_error`` "stop" or
+# "skip" alike: the lines after the fault cannot be read, so they cannot be skipped).
+FILE_REASONS = ("truncated_gzip", "corrupt_gzip")
+
 _MAX_ERRORS_KEPT = 20
 
 
@@ -57,7 +61,8 @@ class IngestError(UserError, ValueError):
     """A malformed input line (or Parquet row): ``"<file>:<line>: <reason>: <detail>"``.
 
     **Attributes:** ``source`` (file name), ``line`` (1-based line or row number, or
-    ``None``), ``reason`` (one of [`narset_jax.ingest.REASONS`][]) and ``detail``.
+    ``None``), ``reason`` (one of [`narset_jax.ingest.REASONS`][], or of ``FILE_REASONS``
+    for a gzip stream that is cut short or corrupt) and ``detail``.
     """
 
     def __init__(
@@ -320,6 +325,8 @@ def decode_line(line):
         return json.loads(line)
     except ValueError as err:
         raise Malformed("not_json", _json_detail(err)) from None
+    except RecursionError:  # the standard library recurses once per nesting level
+        raise Malformed("not_json", "nested too deeply (an event is a flat object)") from None
 
 
 try:  # optional speed-up: about 4x faster decoding of well-formed lines
@@ -329,7 +336,8 @@ try:  # optional speed-up: about 4x faster decoding of well-formed lines
 except ImportError:  # pragma: no cover - depends on the environment
     _orjson_loads = None
 # Decode one JSON line on the fast path (orjson, or json.loads without it); raises
-# ValueError or TypeError where ``decode_line`` gives the precise reason.
+# ValueError, TypeError or (json.loads on deep nesting) RecursionError where
+# ``decode_line`` gives the precise reason.
 fast_decode = _orjson_loads or json.loads
 
 
@@ -375,3 +383,18 @@ def out_of_range(kind: int, a: float, b: float) -> tuple[str, str] | None:
 
 # Kinds whose values ``out_of_range`` can reject.
 RANGED_KINDS = frozenset((K_LSTM, K_GROWTH, K_SEED_COUNTS))
+
+_MEASURED = {K_LOSS: "loss", K_LSTM: "h_rms", K_GROWTH: "growth_ratio"}
+
+
+def overflow(kind: int, a: float, b: float, vmax: float, dtype: str) -> tuple[str, str] | None:
+    """``(field, detail)`` when a finite value would overflow ``dtype`` (largest finite
+    value ``vmax``), else ``None``. ``delta_alpha`` is checked against ``sqrt(vmax)``: the
+    window's ``alpha_shock`` sums its square. Non-finite values are not out of range."""
+    if kind in _MEASURED and a - a == 0.0 and abs(a) > vmax:
+        return _MEASURED[kind], f"{_MEASURED[kind]} = {a!r} overflows {dtype} (max {vmax:.8g})"
+    if kind == K_SEED_OP and b - b == 0.0 and b * b > vmax:
+        return "delta_alpha", (
+            f"delta_alpha = {b!r}: its square (alpha_shock) overflows {dtype} (max {vmax:.8g})"
+        )
+    return None
