@@ -8,6 +8,11 @@ the decision log written by [`narset_jax.decision_log`][]: the same log and mani
 ingest report: lines, events, bad lines by reason, unknown regions, out-of-range values,
 windows.
 
+The output is a transaction ([`narset_jax.decision_log.OutputDir`][]): ``out`` is locked
+for the run, the new log is staged beside it and replaces the old one only once complete,
+so bad input found halfway leaves an old log as it was. ``--on-error stop`` keeps every
+window decided before the bad line (a partial log, when ``out`` held no log before).
+
 This is the controller library on real telemetry: it never imports ``sims``.
 """
 
@@ -21,12 +26,24 @@ from pathlib import Path
 from narset_jax.errors import UserError
 from narset_jax.params import NarsetParams
 
-__all__ = ["default_chunk", "run_decide"]
+__all__ = ["check_memory", "default_chunk", "run_decide"]
 
 
 def default_chunk(n_regions: int) -> int:
     """Windows per log part: about 2^18 decision rows, between 1 and 256 windows."""
     return max(1, min(256, (1 << 18) // max(n_regions, 1)))
+
+
+def check_memory(n_regions: int, dtype: str, chunk: int, lag: int) -> None:
+    """Refuse, in one line with the estimate, a region count whose windows and decision
+    records cannot fit in this machine's memory (before anything is allocated)."""
+    import numpy as np
+
+    from narset_jax.resources import check_fits, closed_loop_bytes
+
+    need = closed_loop_bytes(n_regions, itemsize=np.dtype(dtype).itemsize,
+                             record_windows=chunk + lag + 1)
+    check_fits(need, f"--regions {n_regions}")
 
 
 def run_decide(
@@ -42,6 +59,8 @@ def run_decide(
     chunk_windows: int | None = None,
     dtype: str = "float32",
     progress: bool = True,
+    force: bool = False,
+    sign_key: bytes | None = None,
 ) -> dict:
     """Decide every window of the event log ``events`` and write the decision log to
     ``out``; returns the summary (also written to ``out/summary.json``).
@@ -57,11 +76,14 @@ def run_decide(
     - ``chunk_windows``: windows per log part (default [`narset_jax.decide.default_chunk`][]).
     - ``dtype``: ``"float32"`` or ``"float64"`` (which turns on ``jax_enable_x64``, else JAX
       silently computes in float32).
+    - ``force``: write into ``out`` even if it holds files that are not a narset output
+      (they are kept).
+    - ``sign_key``: HMAC-sign the manifest with these bytes.
 
     The summary has the settings, the seconds taken, the ingest report (``ingest``) and the
-    log's facts (``log``: windows, rows, parts, bytes, first window). A stale
-    ``out/summary.json`` is removed before the log is written. Bad input raises
-    [`narset_jax.errors.UserError`][].
+    log's facts (``log``: windows, rows, parts, bytes, first window). Bad input raises
+    [`narset_jax.errors.UserError`][]; with ``on_error="stop"`` its message says how many
+    windows were decided before the bad line, and where their partial log is.
     """
     if chunk_windows is not None and chunk_windows < 1:
         raise UserError(f"--chunk-windows must be >= 1, got {chunk_windows}")
@@ -74,8 +96,11 @@ def run_decide(
     elif not isinstance(params, NarsetParams):
         params = NarsetParams.from_toml(params)
 
+    from narset_jax.decision_log import OutputDir
     from narset_jax.ingest import open_windows
 
+    if n_regions is not None and not isinstance(n_regions, bool) and isinstance(n_regions, int):
+        check_memory(n_regions, dtype, chunk_windows or default_chunk(n_regions), lag)
     t0 = time.perf_counter()
     stream = open_windows(
         events,
@@ -88,7 +113,7 @@ def run_decide(
     )
     n = stream.n_regions
     chunk = chunk_windows or default_chunk(n)
-    out_dir = Path(out)
+    check_memory(n, dtype, chunk, lag)
     config = {
         "command": "decide",
         "events": os.fspath(events),
@@ -99,10 +124,19 @@ def run_decide(
         "first_window": first_window,
         "chunk_windows": chunk,
     }
-    with contextlib.suppress(FileNotFoundError):
-        (out_dir / "summary.json").unlink()  # never leave a stale summary beside a new log
-    log = _decide(stream, params, n, chunk, dtype, out_dir, config)
-    summary = {
+    with OutputDir(out, force=force) as od:
+        log = _decide(stream, params, n, chunk, dtype, od.stage, config, sign_key)
+        log["dir"] = os.fspath(out)
+        summary = _summary(events, out, n, dtype, chunk, t0, stream, log)
+        from narset_jax.atomic import write_json
+
+        write_json(od.stage / "summary.json", summary)
+        od.commit()
+    return summary
+
+
+def _summary(events, out, n, dtype, chunk, t0, stream, log) -> dict:
+    return {
         "command": "decide",
         "events_file": os.fspath(events),
         "out": os.fspath(out),
@@ -113,13 +147,10 @@ def run_decide(
         "ingest": stream.report.to_dict(),
         "log": log,
     }
-    from narset_jax.atomic import write_json
-
-    write_json(out_dir / "summary.json", summary)
-    return summary
 
 
-def _decide(stream, params, n: int, chunk: int, dtype: str, out: Path, config: dict) -> dict:
+def _decide(stream, params, n: int, chunk: int, dtype: str, out: Path, config: dict,
+            sign_key: bytes | None = None) -> dict:
     """Run the controller over the stream, writing decisions ``chunk`` windows per part;
     returns log facts.
 
@@ -129,12 +160,15 @@ def _decide(stream, params, n: int, chunk: int, dtype: str, out: Path, config: d
     asynchronously: parsing the next window overlaps the previous step, and results are
     fetched once per part. The manifest gets the ingest report (what was read, skipped and
     dropped) and ``first_window`` (decision ``step`` ``s`` is window ``first_window + s``).
+    If the stream or a step stops with an error, the windows decided so far are flushed
+    first, and an input error's message says how many were kept.
     """
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from narset_jax.decision_log import DecisionLogWriter
+    from narset_jax.atomic import WriteError
+    from narset_jax.decision_log import DecisionLogError, DecisionLogWriter
     from narset_jax.step import Narset
     from narset_jax.telemetry import BOOL_FIELDS, Telemetry
 
@@ -150,23 +184,39 @@ def _decide(stream, params, n: int, chunk: int, dtype: str, out: Path, config: d
         writer.write(stacked)
         pending.clear()
 
-    writer = DecisionLogWriter(out, params=params, n_regions=n, dtype=dtype, config=config)
+    writer = DecisionLogWriter(out, params=params, n_regions=n, dtype=dtype, config=config,
+                               sign_key=sign_key, lock=False)
     with writer:
-        for _w, cols in stream:
-            tel = Telemetry(
-                **{k: v.astype(bool if k in BOOL_FIELDS else np_dtype) for k, v in cols.items()}
-            )
-            state, decision = ctl.step(state, tel)
-            pending.append(decision)
-            windows += 1
-            if len(pending) == chunk:
-                flush(writer)
+        try:
+            for _w, cols in stream:
+                tel = Telemetry(
+                    **{k: v.astype(bool if k in BOOL_FIELDS else np_dtype)
+                       for k, v in cols.items()}
+                )
+                state, decision = ctl.step(state, tel)
+                pending.append(decision)
+                windows += 1
+                if len(pending) == chunk:
+                    flush(writer)
+        except BaseException as err:
+            if pending:  # keep every window decided before the stop
+                with contextlib.suppress(Exception):
+                    flush(writer)
+            if (isinstance(err, UserError) and not isinstance(err, (WriteError, DecisionLogError))
+                    and len(err.args) == 1 and isinstance(err.args[0], str)):
+                kept = writer.n_windows
+                said = {0: "no window was decided before it",
+                        1: "the window decided before it is kept"}.get(
+                    kept, f"the {kept} windows decided before it are kept")
+                err.args = (f"{err.args[0]}; stopped there: {said}",)
+            raise
+        finally:
+            writer.extra["first_window"] = stream.report.first_window
+            writer.extra["ingest"] = stream.report.to_dict()
         if pending:
             flush(writer)
         if windows == 0:
             raise UserError(f"{stream.report.source}: no windows to decide (no usable events)")
-        writer.extra["first_window"] = stream.report.first_window
-        writer.extra["ingest"] = stream.report.to_dict()
     manifest = writer.manifest
     return {
         "dir": os.fspath(out),

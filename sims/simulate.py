@@ -44,7 +44,9 @@ from sims.metrics import DEFAULT_WEIGHTS, objective
 from sims.rollout import advance, rollout_init, rollout_metrics
 from sims.sharding import rollout_runner
 
-__all__ = ["MAX_CHUNK", "ROWS_PER_PART", "default_chunk", "resolve_params", "simulate"]
+__all__ = [
+    "MAX_CHUNK", "ROWS_PER_PART", "check_memory", "default_chunk", "resolve_params", "simulate",
+]
 
 ROWS_PER_PART = 1_000_000
 MAX_CHUNK = 64
@@ -80,6 +82,19 @@ def resolve_params(params_file: str | None, scenario, budget: str | None):
     return params
 
 
+def check_memory(n_regions: int, dtype: str, chunk: int, n_processes: int = 1) -> None:
+    """Refuse, in one line with the estimate, a size whose closed loop cannot fit in this
+    machine's memory (before anything is allocated): each process holds its share of the
+    regions, and process 0 a chunk of every region's decision records."""
+    from narset_jax.resources import check_fits, closed_loop_bytes
+
+    itemsize = np.dtype(dtype).itemsize
+    share = -(-n_regions // max(n_processes, 1))
+    need = closed_loop_bytes(share, itemsize=itemsize) + closed_loop_bytes(
+        n_regions, itemsize=itemsize, record_windows=chunk, copies=0)
+    check_fits(need, f"--regions {n_regions}")
+
+
 def simulate(
     params,
     scenario,
@@ -97,9 +112,24 @@ def simulate(
     progress: bool = True,
     params_file: str | None = None,
     setup=None,
+    force: bool = False,
+    sign_key: bytes | None = None,
 ) -> dict:
     """Run the simulation, writing the log, summary and plots to ``out``; returns the
-    summary. A ``KeyboardInterrupt`` leaves a log marked partial and propagates.
+    summary.
+
+    The output is a transaction ([`narset_jax.decision_log.OutputDir`][]): ``out`` is
+    locked for the run (a second writer is refused), everything is written into a staging
+    directory beside it, and the finished output replaces the old one at the end. An
+    exception (``KeyboardInterrupt`` included) keeps an old log in ``out``; without one,
+    the partial log (every window simulated so far) becomes ``out``. ``out`` holding files
+    that are not a narset output is refused unless ``force``. ``sign_key``: HMAC-sign the
+    manifest. A size that cannot fit in memory is refused first
+    ([`check_memory`][sims.simulate.check_memory]).
+
+    Figures that cannot be drawn or written do not fail the run: the log and the summary
+    are written, and ``summary["plots_error"]`` says why (``narset simulate`` reports it
+    and exits 1).
 
     ``setup``: a [`narset_jax.distributed.DeviceSetup`][] (default: one device, one
     process). With several devices the regions are sharded over them; in a multi-process
@@ -109,13 +139,34 @@ def simulate(
     ``controller``: a [`sims.Controller`][] or its name; ``ecology``: an
     [`sims.Ecology`][] or its name (default: the stylised one), whose params ``scenario``
     is."""
+    from narset_jax.decision_log import OutputDir
+
+    main = setup is None or setup.is_main
+    n_processes = 1 if setup is None else setup.num_processes
+    check_memory(n_regions, dtype, chunk, n_processes)
+    od = OutputDir(out, force=force) if main else None
+    with od if od is not None else contextlib.nullcontext():
+        summary = _run(params, scenario, n_regions=n_regions, n_steps=n_steps, seed=seed,
+                       stage=None if od is None else od.stage, controller=controller,
+                       ecology=ecology, dtype=dtype, chunk=chunk,
+                       sample_regions=sample_regions, plots=plots, progress=progress,
+                       params_file=params_file, setup=setup, sign_key=sign_key)
+        if od is not None:
+            od.commit()
+    return summary
+
+
+def _run(params, scenario, *, n_regions, n_steps, seed, stage, controller, ecology, dtype,
+         chunk, sample_regions, plots, progress, params_file, setup, sign_key) -> dict:
+    """[`simulate`][sims.simulate.simulate] into ``stage`` (``None``: a process that
+    writes nothing)."""
     from tqdm import tqdm
 
     ctl = get_controller(controller)
     controller = ctl.name
     eco = get_ecology(ecology)
     jdtype = jnp.dtype(dtype).type
-    main = setup is None or setup.is_main
+    main = stage is not None
     n_devices = 1 if setup is None else len(setup.devices)
     n_processes = 1 if setup is None else setup.num_processes
     key = jax.random.key(seed)
@@ -163,20 +214,27 @@ def simulate(
         means["health"].append(health.mean(axis=1))
 
     log = (
-        DecisionLogWriter(
-            out, params=params, n_regions=n_regions, dtype=dtype, config=config, seed=seed
-        )
+        DecisionLogWriter(stage, params=params, n_regions=n_regions, dtype=dtype,
+                          config=config, seed=seed, sign_key=sign_key, lock=False)
         if main
         else contextlib.nullcontext()
     )
     try:
         with log as writer:
-            for t in range(n_steps):
-                carry, record = loop.window(carry)
-                buffer.append(record)
-                if len(buffer) == chunk or t == n_steps - 1:
-                    flush(writer)
-                bar.update(1)
+            try:
+                for t in range(n_steps):
+                    carry, record = loop.window(carry)
+                    buffer.append(record)
+                    if len(buffer) == chunk or t == n_steps - 1:
+                        flush(writer)
+                    bar.update(1)
+            except BaseException:
+                # Keep every window simulated before the stop (one process: no collective
+                # that another process would have to join).
+                if buffer and n_processes == 1:
+                    with contextlib.suppress(Exception):
+                        flush(writer)
+                raise
             metrics = loop.metrics(carry)
             jax.block_until_ready(metrics)
     finally:
@@ -187,10 +245,15 @@ def simulate(
     score = float(objective(metrics))
     switches = loop.switches(carry)
     outputs = {"log": "decisions/", "manifest": "manifest.json", "summary": "summary.json"}
+    plots_error = None
     if plots and main:
-        outputs["plots"] = _plots(
-            out, scenario, controller, params, sample, track, means, switches, n_steps,
-        )
+        try:
+            outputs["plots"] = _plots(
+                stage, scenario, controller, params, sample, track, means, switches, n_steps,
+            )
+        except Exception as err:  # noqa: BLE001 - figures never cost the log or summary
+            msg = str(err).splitlines()[0] if str(err) else ""
+            plots_error = f"{type(err).__name__}: {msg}".rstrip(": ")
     summary = {
         "scenario": scenario.name,
         "controller": controller,
@@ -208,8 +271,10 @@ def simulate(
         "region_windows_per_second": n_regions * n_steps / wall,
         "outputs": outputs,
     }
+    if plots_error is not None:
+        summary["plots_error"] = plots_error
     if main:
-        write_json(out / "summary.json", summary)
+        write_json(stage / "summary.json", summary)
     return summary
 
 

@@ -20,7 +20,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from narset_jax.cli import main
-from narset_jax.decision_log import DecisionLogError, read_decision_log, replay
+from narset_jax.decision_log import (
+    DecisionLogError,
+    LogVerificationError,
+    read_decision_log,
+    replay,
+)
+from narset_jax.decision_log.manifest import make_digest
 from narset_jax.ingest import open_windows
 from narset_jax.telemetry import TELEMETRY_FIELDS
 from narset_jax.testing import synthetic_event_log
@@ -119,9 +125,15 @@ def test_tampered_log_is_caught_by_replay(decided, tmp_path):
     assert rep.first_mismatch == (7, 21, "x_E") and rep.mismatches == {"x_E": 1}
     code, _err = run_cli("replay", str(copy), "--no-progress")
     assert code == 1
-    # A forger who also fixes the manifest's hash is still caught, by the re-made decision.
+    # A forger who also fixes the manifest's hash breaks the manifest's own digest; one who
+    # recomputes that too (there is no key) is still caught, by the re-made decision.
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["parts"][1]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest["parts"][1]["bytes"] = path.stat().st_size
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(LogVerificationError, match="digest mismatch"):
+        replay(copy)
+    manifest["digest"] = make_digest(manifest)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     rep = replay(copy)
     assert not rep.ok and rep.bad_parts == [] and rep.first_mismatch == (7, 21, "x_E")
@@ -142,11 +154,12 @@ def test_on_error_stop_names_the_line(tmp_path):
     code, err = run_cli("decide", "--events", str(events), "--out", str(out), *COMMON)
     assert code == 2
     assert err.strip() == (
-        f"narset decide: error: {events}:11: missing field: loss event needs 'value'"
+        f"narset decide: error: {events}:11: missing field: loss event needs 'value'; "
+        "stopped there: no window was decided before it; nothing was written"
     )
-    with pytest.raises(DecisionLogError, match="partial log"):
+    with pytest.raises(DecisionLogError, match="no such decision-log directory"):
         read_decision_log(out)  # the log never looks complete
-    assert not (out / "summary.json").exists()
+    assert not out.exists()
 
 
 def test_on_error_skip_counts_in_summary(tmp_path):

@@ -97,7 +97,8 @@ def test_interrupted_run_leaves_a_marked_partial_log(tmp_path, monkeypatch, caps
     out = tmp_path / "cut"
     assert main(["simulate", "--scenario", "dropout", "--out", str(out), "--no-plots",
                  *ARGS]) == 130
-    assert "interrupted" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "interrupted" in err and f"the partial log (2 windows) is in {out}" in err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] is False and len(manifest["parts"]) == 1
     assert (out / "INCOMPLETE").exists() and not (out / "summary.json").exists()

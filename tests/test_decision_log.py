@@ -11,6 +11,7 @@ import pytest
 from narset_jax.decision_log import (
     DecisionLogError,
     DecisionLogWriter,
+    LogVerificationError,
     read_decision_log,
     replay,
 )
@@ -124,12 +125,20 @@ def test_a_tampered_decision_is_caught(tmp_path):
     assert report.bad_parts == [part]  # the file no longer matches its sha256
     assert report.first_mismatch == (5, 4, "x_E")
     assert report.mismatches == {"x_E": 1}
-    # Even with the hash forged, the replay finds the changed decision.
+    # A forger who fixes the part's hash in the manifest breaks the manifest's digest.
     mf = tmp_path / "manifest.json"
     data = json.loads(mf.read_text())
     from narset_jax.decision_log.layout import sha256_file
+    from narset_jax.decision_log.manifest import make_digest
 
     data["parts"][1]["sha256"] = sha256_file(tmp_path / part)
+    data["parts"][1]["bytes"] = (tmp_path / part).stat().st_size
+    mf.write_text(json.dumps(data))
+    with pytest.raises(LogVerificationError, match="digest mismatch"):
+        replay(tmp_path)
+    # Even with the manifest's digest recomputed too (no key), the replay finds the changed
+    # decision.
+    data["digest"] = make_digest(data)
     mf.write_text(json.dumps(data))
     report = replay(tmp_path)
     assert report.bad_parts == [] and report.first_mismatch == (5, 4, "x_E")
@@ -162,10 +171,14 @@ def test_interrupted_log_is_marked_partial(tmp_path):
         with DecisionLogWriter(tmp_path, params=PARAMS) as w:
             w.write(stack(ds[:3]))
             assert (tmp_path / "INCOMPLETE").exists()
-            assert not (tmp_path / "manifest.json").exists()
+            # The journal: the manifest as of the last part, never marked complete.
+            journal = json.loads((tmp_path / "manifest.json").read_text())
+            assert journal["complete"] is False and journal["status"] == "writing"
+            assert journal["n_windows"] == 3
             raise KeyboardInterrupt
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["complete"] is False and "KeyboardInterrupt" in manifest["reason"]
+    assert manifest["status"] == "partial" and "after 3 windows" in manifest["reason"]
     assert (tmp_path / "INCOMPLETE").exists()
     with pytest.raises(DecisionLogError, match="partial log"):
         read_decision_log(tmp_path)
@@ -173,12 +186,17 @@ def test_interrupted_log_is_marked_partial(tmp_path):
     assert report.partial and report.ok and report.n_windows == 3
 
 
-def test_killed_run_without_manifest_is_not_a_log(tmp_path):
+def test_killed_writer_leaves_a_journal_verifiable_up_to_its_last_part(tmp_path):
     w = DecisionLogWriter(tmp_path, params=PARAMS)
+    with pytest.raises(DecisionLogError, match="no manifest.json: the run was interrupted"):
+        read_decision_log(tmp_path)  # killed before its first part: nothing to verify
     w.write(stack(decide()[:2]))
+    w.write(stack(decide()[2:3]))
     # No close(): as if the process was killed.
-    with pytest.raises(DecisionLogError, match="interrupted"):
+    with pytest.raises(DecisionLogError, match="partial log .*unfinished"):
         read_decision_log(tmp_path)
+    report = replay(tmp_path, allow_partial=True)
+    assert report.ok and report.n_windows == 3 and report.status == "writing"
 
 
 def test_rewriting_a_directory_drops_the_old_log(tmp_path):
@@ -197,6 +215,9 @@ def test_bad_logs_give_one_line_errors(tmp_path):
         read_decision_log(tmp_path / "nope")
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(DecisionLogError, match="line 1"):
+        read_decision_log(tmp_path)
+    (tmp_path / "manifest.json").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(DecisionLogError, match=r"manifest\.json: not UTF-8"):
         read_decision_log(tmp_path)
     write_log(tmp_path / "ok")
     (tmp_path / "ok" / "decisions" / "part-00001.parquet").write_bytes(b"garbage")

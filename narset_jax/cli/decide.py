@@ -1,6 +1,7 @@
 """``narset decide``: run Narset on a real run's telemetry and write the decision log.
 
     narset decide --events FILE [--params FILE] [--on-error stop|skip] --out DIR [--json PATH]
+                  [--force] [--sign-key FILE]
 
 The input (a JSONL event log, gzipped or not, or a Parquet table; ``docs/telemetry.md``) is
 streamed into windows, each window goes through the jitted controller step, and every
@@ -9,12 +10,20 @@ streamed into windows, each window goes through the jitted controller step, and 
 replay DIR`` verifies it. ``DIR/summary.json`` (and ``--json PATH``) holds the ingest report:
 lines, events, bad lines by reason, unknown regions, out-of-range values, windows. The job
 is [`narset_jax.decide.run_decide`][].
+
+``DIR`` is locked for the run, and the new log replaces an old one only once complete (bad
+input found halfway leaves the old log as it was); a ``DIR`` holding other files is
+refused unless ``--force``. ``--on-error stop`` keeps the windows decided before the bad
+line and says how many. SIGTERM stops the run as Ctrl-C does (exit 143). See
+``docs/reliability.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from narset_jax.cli.simulate import count
 
 HELP = "run Narset on real training telemetry (JSONL event log or Parquet) and log decisions"
 
@@ -41,9 +50,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, metavar="DIR", help="decision log directory")
     p.add_argument("--json", metavar="PATH", help="also write the summary here")
+    p.add_argument("--force", action="store_true",
+                   help="write into DIR even if it holds files that are not a narset output "
+                        "(they are kept)")
+    p.add_argument("--sign-key", metavar="FILE",
+                   help="HMAC-SHA256-sign the manifest with this key file (replay needs it)")
     p.add_argument(
         "--regions",
-        type=int,
+        type=count,
         metavar="N",
         help="number of regions (default: largest region id + 1); larger ids are counted",
     )
@@ -81,21 +95,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from narset_jax.atomic import write_json
+    from narset_jax.cli.simulate import interrupted
     from narset_jax.decide import run_decide
+    from narset_jax.decision_log import check_json_path, load_key, sigterm_as_interrupt
 
-    summary = run_decide(
-        args.events,
-        out=args.out,
-        params=args.params or None,
-        on_error=args.on_error,
-        n_regions=args.regions,
-        lag=args.lag,
-        first_window=args.first_window,
-        max_gap=args.max_gap,
-        chunk_windows=args.chunk_windows,
-        dtype=args.dtype,
-        progress=not args.no_progress,
-    )
+    check_json_path(args.json, args.out)
+    sign_key = load_key(args.sign_key) if args.sign_key else None
+    try:
+        with sigterm_as_interrupt():
+            summary = run_decide(
+                args.events,
+                out=args.out,
+                params=args.params or None,
+                on_error=args.on_error,
+                n_regions=args.regions,
+                lag=args.lag,
+                first_window=args.first_window,
+                max_gap=args.max_gap,
+                chunk_windows=args.chunk_windows,
+                dtype=args.dtype,
+                progress=not args.no_progress,
+                force=args.force,
+                sign_key=sign_key,
+            )
+    except KeyboardInterrupt as err:
+        return interrupted("decide", err)
     if args.json:
         write_json(args.json, summary)
     report = summary["ingest"]

@@ -1,13 +1,16 @@
 """``narset replay``: re-run a decision log and check every decision bit for bit.
 
-    narset replay DIR [--params FILE] [--allow-partial] [--json PATH]
+    narset replay DIR [--params FILE] [--allow-partial] [--sign-key FILE] [--json PATH]
 
-Reads ``DIR/manifest.json`` (params, controller) and the logged raw inputs, re-runs the
-controller window by window and compares every logged column. Exit status 0 when every
-part's sha256 and every decision match, 1 on a mismatch (the first one is reported as
-region, step and field). With ``--params FILE`` the logged inputs are re-decided under
-other params instead (a what-if): the report summarises how the decisions change, and the
-exit status is 0.
+Verifies ``DIR/manifest.json`` completely (its digest first, or its HMAC with
+``--sign-key``; then every field and how they agree; ``narset_jax.decision_log.reader``),
+reads the logged raw inputs, re-runs the controller window by window and compares every
+logged column. Exit status 0 when the manifest, every part's sha256 and every decision
+match; 1 when the log does not verify (``FAILED``: an edited, forged or inconsistent
+manifest) or a decision differs (``MISMATCH``, reported as region, step and field); 2 when
+there is no log to verify (missing, or partial without ``--allow-partial``). With
+``--params FILE`` the logged inputs are re-decided under other params instead (a what-if):
+the report summarises how the decisions change, and the exit status is 0.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--params", metavar="FILE",
                    help="re-decide under these NarsetParams (TOML) instead of verifying")
     p.add_argument("--allow-partial", action="store_true",
-                   help="replay the windows of a log marked partial")
+                   help="replay the windows of a log marked partial, or of the journal a "
+                        "killed run left")
+    p.add_argument("--sign-key", metavar="FILE",
+                   help="the HMAC key the log was signed with (an unsigned log then fails)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", metavar="PATH", help="write the report as JSON here")
     p.set_defaults(run=run)
@@ -51,12 +57,25 @@ def _step_fn(log):
 
 
 def run(args) -> int:
+    from narset_jax.decision_log import LogVerificationError
+
+    try:
+        return _run(args)
+    except LogVerificationError as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"narset replay: FAILED: {msg}")
+        return 1
+
+
+def _run(args) -> int:
     from tqdm import tqdm
 
     from narset_jax.atomic import write_json
-    from narset_jax.decision_log import read_decision_log, replay
+    from narset_jax.decision_log import check_json_path, load_key, read_decision_log, replay
 
-    log = read_decision_log(args.dir, allow_partial=args.allow_partial)
+    check_json_path(args.json, args.dir, summary_ok=False)
+    key = load_key(args.sign_key) if args.sign_key else None
+    log = read_decision_log(args.dir, allow_partial=args.allow_partial, key=key)
     if log.manifest.get("dtype") == "float64":
         import jax
 
@@ -77,13 +96,15 @@ def run(args) -> int:
 
     try:
         report = replay(args.dir, params, step_fn=_step_fn(log),
-                        allow_partial=args.allow_partial, progress=tick)
+                        allow_partial=args.allow_partial, progress=tick, key=key)
     finally:
         bar.close()
     if args.json:
         write_json(args.json, report.to_dict())
     where = f"{report.n_windows} windows x {report.n_regions} regions"
     partial = " (partial log)" if report.partial else ""
+    for note in report.notes:
+        print(f"narset replay: note: {note}")
     for f in report.bad_parts:
         print(f"narset replay: {f}: sha256 does not match the manifest (file changed)")
     if report.what_if:
@@ -108,5 +129,6 @@ def run(args) -> int:
         return 1
     if report.bad_parts:
         return 1
-    print(f"narset replay: OK: {where}{partial}, every decision matches bit for bit")
+    print(f"narset replay: OK: {where}{partial}, manifest {report.digest}, every decision "
+          "matches bit for bit")
     return 0

@@ -2,12 +2,19 @@
 
     narset simulate --scenario NAME --regions N --steps T --seed S --out DIR
                     [--params FILE] [--controller C] [--budget B] [--json PATH]
+                    [--force] [--sign-key FILE]
                     [--devices D] [--coordinator HOST:PORT --num-processes P --process-id I]
 
 Writes to ``DIR``: the decision log (``decisions/part-*.parquet``, one row per region and
 window, and ``manifest.json``, written last; see ``narset_jax.decision_log``),
 ``summary.json`` (the run's metrics and objective, ``docs/simulator.md``), and figures in
 ``DIR/plots``. ``narset replay DIR`` re-runs the logged decisions bit for bit.
+
+``DIR`` is locked for the run (a second writer is refused, naming the first's PID); the
+output is staged beside it and replaces an old one only once complete; a ``DIR`` holding
+other files is refused unless ``--force``. SIGTERM stops the run as Ctrl-C does (partial
+log, exit 143). Figures that fail leave the log and ``summary.json`` complete: one line
+says why, exit status 1. See ``docs/reliability.md``.
 
 ``--devices D`` shards the regions over ``D`` local devices (per process); with
 ``--coordinator HOST:PORT --num-processes P --process-id I`` on every process, over all
@@ -36,7 +43,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--scenario", default="steady", metavar="NAME",
                    help="a shipped scenario name or a scenario TOML file")
-    p.add_argument("--regions", type=int, default=1000, metavar="N", help="number of regions")
+    p.add_argument("--regions", type=count, default=1000, metavar="N",
+                   help="number of regions (an integer; 1e6 style accepted)")
     p.add_argument("--steps", type=int, default=150, metavar="T", help="decision windows")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="PRNG seed")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -54,11 +62,45 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", metavar="PATH", help="also write the summary here")
+    p.add_argument("--force", action="store_true",
+                   help="write into DIR even if it holds files that are not a narset output "
+                        "(they are kept)")
+    p.add_argument("--sign-key", metavar="FILE",
+                   help="HMAC-SHA256-sign the manifest with this key file (replay needs it)")
     from narset_jax.distributed import add_device_args
 
     add_device_args(p)
     p.set_defaults(run=run)
     return p
+
+
+def count(text: str) -> int:
+    """An argparse type: an integer, also written ``1e6`` or ``1_000_000``."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
+    return int(value)
+
+
+def interrupted(command: str, err: KeyboardInterrupt) -> int:
+    """One line for a run stopped by SIGINT or SIGTERM (with where its log is); the exit
+    status 130 or 143."""
+    import sys
+
+    from narset_jax.decision_log import Terminated
+
+    term = isinstance(err, Terminated)
+    notes = "; ".join(getattr(err, "__notes__", []))
+    what = "terminated (SIGTERM)" if term else "interrupted"
+    print(f"narset {command}: {what}" + (f": {notes}" if notes else ""), file=sys.stderr)
+    return 143 if term else 130
 
 
 def _positive(name: str, value: int) -> int:
@@ -83,6 +125,10 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
+    from narset_jax.decision_log import check_json_path, load_key, sigterm_as_interrupt
+
+    check_json_path(args.json, out)
+    sign_key = load_key(args.sign_key) if args.sign_key else None
 
     from narset_jax.distributed import setup_devices
 
@@ -98,22 +144,28 @@ def run(args) -> int:
 
     scenario = load_scenario(args.scenario)
     params = resolve_params(args.params, scenario, args.budget)
-    summary = simulate(
-        params,
-        scenario,
-        n_regions=n,
-        n_steps=steps,
-        seed=args.seed,
-        out=out,
-        controller=args.controller,
-        dtype=args.dtype,
-        chunk=default_chunk(n, steps, args.chunk),
-        sample_regions=args.sample_regions,
-        plots=not args.no_plots,
-        progress=not args.no_progress,
-        params_file=args.params,
-        setup=setup,
-    )
+    try:
+        with sigterm_as_interrupt():
+            summary = simulate(
+                params,
+                scenario,
+                n_regions=n,
+                n_steps=steps,
+                seed=args.seed,
+                out=out,
+                controller=args.controller,
+                dtype=args.dtype,
+                chunk=default_chunk(n, steps, args.chunk),
+                sample_regions=args.sample_regions,
+                plots=not args.no_plots,
+                progress=not args.no_progress,
+                params_file=args.params,
+                setup=setup,
+                force=args.force,
+                sign_key=sign_key,
+            )
+    except KeyboardInterrupt as err:
+        return interrupted("simulate", err)
     if not setup.is_main:
         return 0
     from narset_jax.atomic import write_json
@@ -131,9 +183,13 @@ def run(args) -> int:
         f"rollbacks {m['rollbacks']:.2f}, unsafe lysis {m['unsafe_lysis']:.2f} per 100)"
     )
     print(f"outputs in {out}/: decisions/ (Parquet log), manifest.json, summary.json"
-          + (", plots/" if not args.no_plots else ""))
+          + (", plots/" if "plots" in summary["outputs"] else ""))
     for name in summary["outputs"].get("plots", []):
         print(f"  {out / name}")
+    if "plots_error" in summary:
+        import sys
+
+        print(f"narset simulate: error: figures not written ({summary['plots_error']}); the "
+              f"log and summary.json in {out} are complete", file=sys.stderr)
+        return 1
     return 0
-
-

@@ -32,6 +32,11 @@ class ReplayReport:
     - ``diff``: for a what-if, summary statistics of the differences (mean ``|dx_T|``,
       ``|dx_E|``, ``|dspent|``, mode agreement, overdrive and lysis shares old vs new).
     - ``log``: the directory.
+    - ``status``: the manifest's status (``complete``, ``partial``, ``writing``).
+    - ``digest``: what vouched for the manifest (``sha256``, ``hmac-sha256 (key id ...)``,
+      ``no digest (format 1)``).
+    - ``notes``: facts to show that do not fail the replay (a format-1 log, part files
+      beyond a killed writer's journal).
     """
 
     first_mismatch: tuple[int, int, str] | None
@@ -45,6 +50,9 @@ class ReplayReport:
     what_if: bool
     log: str
     diff: dict[str, float] = field(default_factory=dict)
+    status: str = "complete"
+    digest: str = ""
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -68,6 +76,9 @@ class ReplayReport:
             "what_if": self.what_if,
             "diff": self.diff,
             "log": self.log,
+            "status": self.status,
+            "digest": self.digest,
+            "notes": self.notes,
         }
 
 
@@ -114,6 +125,7 @@ def replay(
     step_fn: Callable | None = None,
     allow_partial: bool = False,
     progress: Callable[[int], None] | None = None,
+    key: bytes | None = None,
 ) -> ReplayReport:
     """Re-run the controller on a log's raw inputs, window by window, and compare.
 
@@ -132,18 +144,22 @@ def replay(
       baselines) need theirs.
     - ``allow_partial``: replay a partial log (the windows it has).
     - ``progress``: called with the number of windows done after each window.
+    - ``key``: the HMAC key the log was signed with, if it was
+      ([`narset_jax.decision_log.read_decision_log`][]).
 
     **Returns:** a [`narset_jax.decision_log.ReplayReport`][].
 
     **Raises:** [`narset_jax.decision_log.DecisionLogError`][] for a missing, partial (unless
-    allowed) or unreadable log, or one without params when none are given.
+    allowed) or unreadable log, or one without params when none are given;
+    [`narset_jax.decision_log.LogVerificationError`][] for a manifest that does not verify
+    (edited, forged, inconsistent) or a part that disagrees with it.
     """
     import jax.numpy as jnp
 
     from narset_jax.step import init_state
     from narset_jax.telemetry import BOOL_FIELDS, TELEMETRY_FIELDS, Telemetry
 
-    log = read_decision_log(path, allow_partial=allow_partial)
+    log = read_decision_log(path, allow_partial=allow_partial, key=key)
     logged = log.params()
     what_if = params is not None
     if params is None:
@@ -225,4 +241,7 @@ def replay(
         what_if=what_if,
         log=str(log.path),
         diff=diff,
+        status=log.status,
+        digest=log.digest,
+        notes=list(log.notes),
     )

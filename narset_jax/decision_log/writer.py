@@ -1,5 +1,6 @@
 """Writing a decision log: [`narset_jax.decision_log.DecisionLogWriter`][] appends
-Parquet parts and writes the manifest last; ``versions`` records what made the numbers.
+Parquet parts, journals the manifest after every part and writes the final manifest last;
+``versions`` records what made the numbers.
 """
 
 from __future__ import annotations
@@ -8,25 +9,28 @@ import contextlib
 import datetime as _dt
 import os
 import platform
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from narset_jax.atomic import atomic_path, write_json, write_text
+from narset_jax.atomic import atomic_path, to_json_value, write_error, write_json, write_text
+from narset_jax.decision_log.errors import Terminated
 from narset_jax.decision_log.layout import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
     MARKER,
+    PART_RE,
     PARTS_DIR,
+    part_name,
     sha256_file,
 )
+from narset_jax.decision_log.lock import DirLock
+from narset_jax.decision_log.manifest import DIGEST, make_digest
 
-_PART_RE = re.compile(r"^part-\d{5}\.parquet$")
-_MARKER_TEXT = (
+MARKER_TEXT = (
     "This decision log is incomplete: it is being written, or the run was interrupted.\n"
     "manifest.json, written last, marks a complete log with \"complete\": true.\n"
 )
@@ -84,6 +88,12 @@ class DecisionLogWriter:
     marked ``"complete": false`` with the reason, keeps the ``INCOMPLETE`` marker, and
     re-raises.
 
+    After every part the manifest is rewritten (atomically) as a journal, marked
+    ``"status": "writing"``, so a writer killed outright (SIGKILL, a power cut after the
+    fsync) leaves a log that ``replay(..., allow_partial=True)`` verifies up to its last
+    finished part. Every manifest carries its own ``"digest"`` (sha256 of its canonical
+    content, or HMAC-SHA256 with ``sign_key``; [`narset_jax.decision_log.manifest`][]).
+
     ```python
     with DecisionLogWriter(out, params=params, config={"scenario": "crisis"}, seed=0) as w:
         for chunk in chunks:
@@ -93,7 +103,9 @@ class DecisionLogWriter:
     **Arguments:**
 
     - ``out_dir``: the log directory (created if needed). A previous log there is
-      replaced: its manifest, marker and parts are removed first.
+      replaced: its manifest, marker and parts are removed first. (``narset simulate``
+      and ``narset decide`` write into a fresh staging directory instead, and replace the
+      old log only when the run completes: [`narset_jax.decision_log.OutputDir`][].)
     - ``params``: the [`narset_jax.NarsetParams`][] that made the decisions (stored with
       ``to_dict()``; replay rebuilds them from it). Optional for logs of other sources.
     - ``n_regions``: optional; checked against every chunk.
@@ -102,6 +114,11 @@ class DecisionLogWriter:
     - ``seed``: the run's seed, if any.
     - ``extra``: more top-level manifest entries.
     - ``compression``: Parquet compression (``"zstd"``).
+    - ``sign_key``: bytes of an HMAC key: the manifest's digest becomes an HMAC-SHA256,
+      which only a holder of the key can recompute.
+    - ``lock``: hold the directory's lock ([`narset_jax.decision_log.lock.DirLock`][]) from
+      here to ``close()``, so that a second writer is refused. ``False`` where the caller
+      holds the output's lock already.
     """
 
     def __init__(
@@ -115,8 +132,11 @@ class DecisionLogWriter:
         seed: int | None = None,
         extra: Mapping[str, Any] | None = None,
         compression: str = "zstd",
+        sign_key: bytes | None = None,
+        lock: bool = True,
     ):
         self.path = Path(out_dir)
+        self.sign_key = sign_key
         self.params = params
         self.n_regions = n_regions
         self.dtype = _dtype_name(dtype)
@@ -130,22 +150,40 @@ class DecisionLogWriter:
         self.manifest: dict[str, Any] | None = None
         self._created = _now()
         self._closed = False
-        self._prepare()
+        self._lock = None
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise write_error(self.path, err, "create the directory") from None
+        if lock:
+            self._lock = DirLock(self.path).acquire()
+        try:
+            self._prepare()
+        except BaseException:
+            self._release()
+            raise
 
     # -- setup ------------------------------------------------------------------------
 
     def _prepare(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        # The old manifest goes first: from here on the directory never looks complete.
-        with contextlib.suppress(FileNotFoundError):
-            (self.path / MANIFEST).unlink()
-        write_text(self.path / MARKER, _MARKER_TEXT)
-        parts = self.path / PARTS_DIR
-        parts.mkdir(exist_ok=True)
-        for old in parts.iterdir():
-            if _PART_RE.match(old.name) or old.name.startswith(".part-"):
-                with contextlib.suppress(FileNotFoundError):
-                    old.unlink()
+        try:
+            # The old manifest goes first: from here on the directory never looks complete.
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / MANIFEST).unlink()
+            write_text(self.path / MARKER, MARKER_TEXT)
+            parts = self.path / PARTS_DIR
+            parts.mkdir(exist_ok=True)
+            for old in parts.iterdir():
+                if PART_RE.match(old.name) or old.name.startswith(".part-"):
+                    with contextlib.suppress(FileNotFoundError):
+                        old.unlink()
+        except OSError as err:
+            raise write_error(self.path, err) from None
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # -- writing ----------------------------------------------------------------------
 
@@ -183,33 +221,43 @@ class DecisionLogWriter:
         elif schema != self.columns:
             raise ValueError("chunk columns differ from the log's first chunk")
         index = len(self.parts)
-        name = f"{PARTS_DIR}/part-{index:05d}.parquet"
+        name = part_name(index)
         target = self.path / name
         with atomic_path(target, suffix=".parquet") as tmp:
             # Dictionary encoding only slows down (and grows) float decision columns.
             pq.write_table(table, tmp, compression=self.compression, use_dictionary=False)
-        entry: dict[str, Any] = {
-            "file": name,
-            "rows": int(table.num_rows),
-            "bytes": target.stat().st_size,
-            "sha256": sha256_file(target),
-        }
+        try:
+            entry: dict[str, Any] = {
+                "file": name,
+                "rows": int(table.num_rows),
+                "bytes": target.stat().st_size,
+                "sha256": sha256_file(target),
+            }
+        except OSError as err:
+            raise write_error(target, err, "read back") from None
         if "step" in cols and cols["step"].size:
             entry["first_step"] = int(cols["step"].min())
             entry["last_step"] = int(cols["step"].max())
         self.parts.append(entry)
         self.n_rows += entry["rows"]
+        # The journal: the manifest as of this part, so that a run killed from here on
+        # can still be verified up to here.
+        self._write_manifest(self._manifest(status="writing"))
         return entry
 
     append = write
 
     # -- closing ----------------------------------------------------------------------
 
-    def close(self, *, complete: bool = True, reason: str | None = None) -> dict[str, Any]:
-        """Write the manifest (last). ``complete=False`` marks a partial log and keeps the
-        ``INCOMPLETE`` marker. Returns the manifest; a second call returns it again."""
-        if self._closed:
-            return self.manifest
+    @property
+    def n_windows(self) -> int:
+        """Windows written so far."""
+        return (self.n_rows // self.n_regions) if self.n_regions else 0
+
+    def _manifest(self, status: str, reason: str | None = None) -> dict[str, Any]:
+        """The manifest as of now (plain JSON values, signed), ``status`` one of
+        ``complete``, ``partial`` (stopped) and ``writing`` (the journal)."""
+        complete = status == "complete"
         params = None
         if self.params is not None:
             params = self.params.to_dict() if hasattr(self.params, "to_dict") else self.params
@@ -217,13 +265,13 @@ class DecisionLogWriter:
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "complete": bool(complete),
-            "status": "complete" if complete else "partial",
+            "complete": complete,
+            "status": status,
             "created": self._created,
             "finished": _now(),
             "n_regions": self.n_regions,
             "n_rows": self.n_rows,
-            "n_windows": (self.n_rows // self.n_regions) if self.n_regions else 0,
+            "n_windows": self.n_windows,
             "first_step": min(p["first_step"] for p in steps) if steps else None,
             "last_step": max(p["last_step"] for p in steps) if steps else None,
             "dtype": self.dtype,
@@ -234,20 +282,40 @@ class DecisionLogWriter:
             "config": self.config,
             "versions": versions(),
         }
-        if not complete:
+        if status == "writing":
+            manifest["reason"] = reason or (
+                "unfinished: the writer is still running, or was killed after this part"
+            )
+        elif not complete:
             manifest["reason"] = reason or "interrupted"
         manifest.update(self.extra)
+        manifest.pop(DIGEST, None)
+        manifest = to_json_value(manifest)
+        manifest[DIGEST] = make_digest(manifest, self.sign_key)
+        return manifest
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
         write_json(self.path / MANIFEST, manifest)
-        if complete:
-            with contextlib.suppress(FileNotFoundError):
-                (self.path / MARKER).unlink()
-        else:
-            write_text(
-                self.path / MARKER,
-                _MARKER_TEXT + f"Partial: {manifest['reason']} after {self.n_rows} rows.\n",
-            )
-        self.manifest = manifest
-        self._closed = True
+
+    def close(self, *, complete: bool = True, reason: str | None = None) -> dict[str, Any]:
+        """Write the manifest (last). ``complete=False`` marks a partial log and keeps the
+        ``INCOMPLETE`` marker. Returns the manifest; a second call returns it again. The
+        directory's lock is released either way."""
+        if self._closed:
+            return self.manifest
+        try:
+            manifest = self._manifest("complete" if complete else "partial", reason)
+            self._write_manifest(manifest)
+            if complete:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.path / MARKER).unlink()
+            else:
+                write_text(self.path / MARKER,
+                           MARKER_TEXT + f"Partial: {manifest['reason']}.\n")
+            self.manifest = manifest
+            self._closed = True
+        finally:
+            self._release()
         return manifest
 
     def __enter__(self) -> DecisionLogWriter:
@@ -257,9 +325,15 @@ class DecisionLogWriter:
         if exc_type is None:
             self.close(complete=True)
         elif not self._closed:
-            reason = "interrupted (KeyboardInterrupt)" if exc_type is KeyboardInterrupt else (
-                f"stopped by {exc_type.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            )
+            if issubclass(exc_type, Terminated):
+                reason = "terminated (SIGTERM)"
+            elif issubclass(exc_type, KeyboardInterrupt):
+                reason = "interrupted (KeyboardInterrupt)"
+            else:
+                msg = str(exc).splitlines()[0] if str(exc) else ""
+                reason = f"stopped by {exc_type.__name__}: {msg}".rstrip(": ")
+            reason += f", after {self.n_windows} windows"
             with contextlib.suppress(Exception):
-                self.close(complete=False, reason=reason.rstrip(": "))
+                self.close(complete=False, reason=reason)
+            self._release()
         return False
