@@ -109,6 +109,7 @@ def run_decide(
         on_error=on_error,
         max_gap=max_gap,
         first_window=first_window,
+        dtype=dtype,
         progress=progress,
     )
     n = stream.n_regions

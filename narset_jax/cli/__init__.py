@@ -11,7 +11,9 @@ the subcommand) prints the traceback too:
 
 ====  ==================================================================================
 0     success
-1     ``narset replay``: a logged decision differs (a result, not an error)
+1     ``narset replay``: a logged decision differs or the log does not verify (a result,
+      not an error); ``narset simulate``: the log and summary were written but a figure
+      failed
 2     bad input: a flag, a value, a file that is missing, malformed or too big for this
       machine ([`narset_jax.errors.UserError`][], ``ValueError``, ``FileNotFoundError``;
       also argparse's usage errors)
@@ -23,6 +25,7 @@ the subcommand) prints the traceback too:
 70    internal error: an unexpected exception, i.e. a bug (``EX_SOFTWARE``; not 1, which
       is ``replay``'s verdict)
 130   interrupted (Ctrl-C)
+143   terminated (SIGTERM; handled as Ctrl-C is: the log is left partial, never complete)
 ====  ==================================================================================
 """
 
@@ -47,13 +50,15 @@ EXIT_INTERRUPTED = 130
 
 EXIT_CODES = {
     0: "success",
-    EXIT_MISMATCH: "narset replay: a logged decision differs",
+    EXIT_MISMATCH: "replay: a decision differs or the log does not verify; simulate: a "
+                   "figure failed (log and summary written)",
     EXIT_USER: "bad input (a flag, a value or a file; or too big for this machine)",
     EXIT_OS: "the system refused a file operation (not a directory, permission, disk full)",
     EXIT_MEMORY: "out of memory",
     EXIT_RECURSION: "input nested too deeply",
     EXIT_INTERNAL: "internal error (a bug: run with --debug and report the traceback)",
     EXIT_INTERRUPTED: "interrupted",
+    143: "terminated (SIGTERM, handled as Ctrl-C: the log is left partial)",
 }
 
 # Arguments that name a file or directory the command writes.
