@@ -502,16 +502,29 @@ def _fake_train(record):
     return fake
 
 
+def _recording_population(calls):
+    """A stand-in for ``tune.population_objectives`` (the surrogate report's relaxed
+    rollouts) that records ``(budget, hysteresis, scenarios)`` of each call."""
+
+    def fake(raw, temps, base, scenarios, keys, weights, cfg):
+        n_sc = int(jax.tree.leaves(scenarios)[0].shape[0])
+        calls.append((base.budget, base.hysteresis, n_sc))
+        return jnp.zeros((temps.shape[0], *keys.shape), cfg.jdtype)
+
+    return fake
+
+
 @pytest.mark.parametrize("fixed", [None, "fixed_sum"])
 def test_cli_wires_each_scenarios_budget_mode(tmp_path, capsys, monkeypatch, fixed):
     """``narset tune`` with the default held-out scenarios and baselines (rollouts
-    stubbed): training, random search and evaluation get each scenario's recommended mode
-    (spoofing: global) unless ``--params`` sets ``budget``; every controller is evaluated
-    hard; the mode is in the table, evaluation.json and the summary, and params.toml
-    carries a budget line only when it was fixed."""
-    trained, calls = [], []
+    stubbed): training, random search, the surrogate report and evaluation get each
+    scenario's recommended mode (spoofing: global) unless ``--params`` sets ``budget``;
+    every controller is evaluated hard; the mode is in the table, evaluation.json and the
+    summary, and params.toml carries a budget line only when it was fixed."""
+    trained, calls, relaxed = [], [], []
     monkeypatch.setattr(tune_training, "train", _fake_train(trained))
     monkeypatch.setattr(tune_evaluation, "rollout_objectives", _recording_objectives(calls))
+    monkeypatch.setattr(tune_loss, "population_objectives", _recording_population(relaxed))
     start = tmp_path / "start.toml"
     start.write_text("beta = 0.7\n" + (f'budget = "{fixed}"\n' if fixed else ""))
     out, summary = tmp_path / "run", tmp_path / "summary.json"
@@ -523,12 +536,16 @@ def test_cli_wires_each_scenarios_budget_mode(tmp_path, capsys, monkeypatch, fix
     assert trained == [(fixed, "soft", ["crisis", "spoofing"])]
     want = {n: fixed or ("global" if n == "spoofing" else "region") for n in sims.SCENARIOS}
     baselines = [c for c in sims.CONTROLLERS if c != "narset"]
-    # Random search: 2 candidates x 2 training scenarios; then 5 scenarios x (initial,
-    # tuned, random search and the four baselines).
-    assert len(calls) == 2 * 2 + len(sims.SCENARIOS) * (3 + len(baselines))
+    # Random search: 2 candidates x 2 training scenarios; the surrogate report's final
+    # params on the 2 training scenarios; then 5 scenarios x (initial, tuned, random
+    # search and the four baselines).
+    assert len(calls) == 2 * 2 + 2 + len(sims.SCENARIOS) * (3 + len(baselines))
     for budget, hyst, _, name in calls:
         assert (budget, hyst) == (want[name], "hard"), name
-    evaluated = {(c, n) for _, _, c, n in calls[4:]}
+    evaluated = {(c, n) for _, _, c, n in calls[6:]}
+    # The surrogate report's relaxed rollouts: one call per budget mode, soft.
+    assert relaxed == ([("fixed_sum", "soft", 2)] if fixed else
+                       [("region", "soft", 1), ("global", "soft", 1)])
     assert evaluated == {(c, n) for c in ("narset", *baselines) for n in sims.SCENARIOS}
     ev = json.loads((out / "evaluation.json").read_text())
     assert ev["protocol"]["budget"] == want

@@ -9,7 +9,11 @@ same number of rollouts and evaluates the defaults, the tuned params, the random
 best and the simulator's baselines with the **hard** controller on held-out seeds and
 held-out scenarios. Every rollout runs its scenario's recommended budget mode (the global
 pool for ``spoofing``), as ``narset simulate`` does without ``--budget``, unless the
-``--params`` file sets ``budget``, which then holds for every scenario. Writes to ``--out``:
+``--params`` file sets ``budget``, which then holds for every scenario.
+
+``--method es`` replaces the gradient by an evolution strategy on the hard controller with
+the same number of rollouts; either way the surrogate gap (relaxed against hard objective)
+is printed before the evaluation and written to the summary. Writes to ``--out``:
 
 - ``params.toml``: the tuned params (hard hysteresis), for ``narset simulate --params``;
   without a ``budget`` line unless ``--params`` fixed one, so that ``narset simulate``
@@ -94,6 +98,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--eval-regions", type=int, default=None, help="regions for evaluation")
     p.add_argument("--eval-steps", type=int, default=None, help="windows for evaluation")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--method", default=None, choices=("grad", "es"),
+                   help="grad: gradient descent through the relaxed controller (default); "
+                   "es: an evolution strategy on the hard controller with the same rollout "
+                   "budget (settings in the config's [es] table; --iters must be a multiple "
+                   "of its population)")
     p.set_defaults(run=run)
     return p
 
@@ -118,6 +127,7 @@ def _settings(args) -> tuple[dict[str, Any], set[str]]:
         "seed": args.seed,
         "dtype": args.dtype,
         "sigma": args.sigma,
+        "method": args.method,
         "checkpoint_every": args.checkpoint_every,
         "eval_seeds": args.eval_seeds,
     }
@@ -129,6 +139,9 @@ def run(args) -> int:
     from narset_jax.atomic import write_json
     from sims import tune
 
+    if args.eval_regions is not None:  # the training sizes are checked by run_tune
+        tune.settings.check_eval_memory(args.eval_regions, settings["dtype"])
+
     result = tune.run_tune(
         settings, explicit, out=args.out, resume=args.resume, stop_after=args.stop_after,
         holdout=args.holdout, baselines=args.baselines, eval_regions=args.eval_regions,
@@ -136,6 +149,8 @@ def run(args) -> int:
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
     )
     if result.table is not None:
+        if result.surrogate is not None:
+            print(result.surrogate + "\n")
         print(result.table)
     if args.json:
         write_json(args.json, result.summary)

@@ -19,6 +19,12 @@ The library behind ``narset tune``, one topic per module:
   groups' losses are summed ([`sims.tune.budget_groups`][]).
 - **Training** (``training``). optax adam after clipping by global norm, a fresh batch of
   seeds each iteration, optional temperature annealing ([`sims.tune.train`][]).
+- **Evolution strategies** (``es``): the gradient-free peer, evosax's strategies on the
+  hard controller with the gradient's rollout budget, each generation's population in one
+  vmapped call ([`sims.tune.es_train`][]); ``narset tune --method es``.
+- **The surrogate gap** (``surrogate``): the relaxed against the hard objective at the
+  start and at the final params, and their rank agreement over the random search's
+  candidates ([`sims.tune.surrogate_report`][]).
 - **Random search** (``search``) with the same number of rollouts, and **evaluation**
   (``evaluation``, ``stats``) with the hard controller on held-out seeds, with
   t-intervals ([`sims.tune.random_search`][], [`sims.tune.evaluate`][]).
@@ -36,6 +42,7 @@ from sims.tune.checkpoint import (
     read_checkpoint_meta,
     save_checkpoint,
 )
+from sims.tune.es import ESHistory, es_train, evolve
 from sims.tune.evaluation import REPORT_METRICS, evaluate, format_table, rollout_objectives
 from sims.tune.loss import (
     BudgetGroup,
@@ -43,7 +50,9 @@ from sims.tune.loss import (
     batch_loss,
     budget_groups,
     grouped_loss_and_grad,
+    grouped_population_objectives,
     loss_and_grad,
+    population_objectives,
     rollout_metrics,
     scenario_params,
     stack_scenarios,
@@ -59,10 +68,11 @@ from sims.tune.params_map import (
     with_temperature,
 )
 from sims.tune.run import TuneResult, params_toml, run_tune
-from sims.tune.search import SearchResult, random_search
+from sims.tune.search import SearchResult, candidate_raws, random_search
 from sims.tune.settings import (
     DEFAULT_CONFIG,
     DEFAULTS,
+    ES_KEYS,
     RUN_KEYS,
     build_settings,
     check_settings,
@@ -70,6 +80,7 @@ from sims.tune.settings import (
     run_config,
 )
 from sims.tune.stats import t_interval, t_quantile_975, verdict
+from sims.tune.surrogate import format_surrogate, spearman, surrogate_report
 from sims.tune.training import (
     STREAM_EVAL,
     STREAM_TRAIN,
@@ -88,6 +99,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "DEFAULTS",
     "DEFAULT_CONFIG",
+    "ES_KEYS",
     "REPORT_METRICS",
     "RUN_KEYS",
     "STREAM_EVAL",
@@ -95,6 +107,7 @@ __all__ = [
     "TEMPERATURES",
     "TUNED",
     "BudgetGroup",
+    "ESHistory",
     "History",
     "SearchResult",
     "TrainState",
@@ -105,16 +118,22 @@ __all__ = [
     "batch_loss",
     "budget_groups",
     "build_settings",
+    "candidate_raws",
     "check_settings",
+    "es_train",
     "evaluate",
+    "evolve",
+    "format_surrogate",
     "format_table",
     "from_params",
     "grouped_loss_and_grad",
+    "grouped_population_objectives",
     "hard",
     "load_checkpoint",
     "loss_and_grad",
     "make_optimizer",
     "params_toml",
+    "population_objectives",
     "random_search",
     "read_checkpoint_meta",
     "read_config",
@@ -125,7 +144,9 @@ __all__ = [
     "run_tune",
     "save_checkpoint",
     "scenario_params",
+    "spearman",
     "stack_scenarios",
+    "surrogate_report",
     "t_interval",
     "t_quantile_975",
     "to_params",

@@ -1,5 +1,6 @@
 """The tune checkpoint: one ``.npz`` (no pickle) holding the raw params, the optimiser
-state's leaves and the metadata (JSON text), written atomically.
+state's leaves (adam's, or an evolution strategy's) and the metadata (JSON text), written
+atomically.
 
 Format 2 (``CHECKPOINT_FORMAT``) records each training scenario's budget mode; format 1
 used one mode for all and is refused.
@@ -57,9 +58,12 @@ def read_checkpoint_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(path: Path, template: TrainState) -> tuple[TrainState, History, dict]:
-    """Restore ``TrainState`` and ``History`` into the structure of ``template`` (a fresh
-    ``TrainState`` of the same run).
+def load_checkpoint(path: Path, template: TrainState,
+                    history_cls: type = History) -> tuple[TrainState, Any, dict]:
+    """Restore ``TrainState`` and the history into the structure of ``template`` (a fresh
+    ``TrainState`` of the same run). ``history_cls``: [`sims.tune.History`][], or
+    [`sims.tune.es.ESHistory`][] for an evolution-strategy run (whose ``opt_state`` is the
+    strategy's state).
 
     **Returns:** ``(state, history, meta)``.
     """
@@ -90,4 +94,4 @@ def load_checkpoint(path: Path, template: TrainState) -> tuple[TrainState, Histo
             new.append(jnp.asarray(arr))
     state = TrainState(raw=raw, opt_state=jax.tree.unflatten(treedef, new),
                        iteration=int(meta["iteration"]))
-    return state, History.from_dict(meta["history"]), meta
+    return state, history_cls.from_dict(meta["history"]), meta

@@ -31,7 +31,9 @@ __all__ = [
     "batch_loss",
     "budget_groups",
     "grouped_loss_and_grad",
+    "grouped_population_objectives",
     "loss_and_grad",
+    "population_objectives",
     "rollout_metrics",
     "scenario_params",
     "stack_scenarios",
@@ -274,3 +276,66 @@ def grouped_loss_and_grad(raw, groups: Sequence[BudgetGroup], keys, weights, tem
     w = tuple(jnp.asarray(len(g.index) / n_sc, cfg.jdtype) for g in groups)
     loss, grad, gnorm = _combine(w, tuple(p[0] for p in parts), tuple(p[2] for p in parts))
     return loss, obj, grad, gnorm
+
+
+# ---------------------------------------------------------------------------------------
+# A population of candidates, forward only (evolution strategies, the surrogate report).
+
+
+@partial(jax.jit, static_argnames=("cfg",))
+def population_objectives(raw, temp_factors, base, scenarios, keys, weights, cfg: TuneConfig):
+    """The objective of every candidate on every rollout of a batch, in one compiled call.
+
+    **Arguments:**
+
+    - ``raw``: raw params of ``C`` candidates: ``name -> [C]`` (see
+      [`sims.tune.to_params`][]).
+    - ``temp_factors``: ``[C]`` factors on the relaxation temperatures (ignored by the
+      hard hysteresis).
+    - ``base``: [`narset_jax.NarsetParams`][] whose hysteresis (``"hard"``, ``"soft"`` or
+      ``"straight_through"``) and budget mode every candidate runs with.
+    - ``scenarios``: stacked to ``[S]``; ``keys``: ``[S, B]``; ``weights``:
+      [`sims.ObjectiveWeights`][]; ``cfg``: [`sims.tune.TuneConfig`][] (static; forward
+      only, so ``checkpoint`` and ``truncate`` do not change the values).
+
+    **Returns:** ``objective [C, S, B]``: ``vmap`` over candidates of the same rollout as
+    [`sims.tune.batch_loss`][] (``rollout_metrics`` then [`sims.objective`][]).
+    """
+
+    def candidate(r, temp):
+        params = with_temperature(to_params(r, base), temp)
+        one = lambda sc, k: sims.objective(rollout_metrics(params, sc, k, cfg), weights)  # noqa: E731
+        return jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, 0))(scenarios, keys)
+
+    return jax.vmap(candidate)(raw, temp_factors)
+
+
+def grouped_population_objectives(raw, temp_factors, groups: Sequence[BudgetGroup], keys,
+                                  weights, cfg: TuneConfig, chunk: int | None = None):
+    """[`sims.tune.population_objectives`][] over scenarios of several budget modes: one
+    call per [`sims.tune.BudgetGroup`][] on its rows of ``keys`` (``[S, B]``).
+
+    ``chunk``: at most this many candidates per call (the last chunk is padded with copies
+    of the first candidate, so every call has the same shape and one program serves all);
+    ``None`` runs all ``C`` candidates in one call per group.
+
+    **Returns:** ``objective [C, S, B]`` (NumPy float64, scenarios in the training order).
+    """
+    n_cand = int(np.shape(temp_factors)[0])
+    size = n_cand if chunk is None else max(1, min(int(chunk), n_cand))
+    n_calls = -(-n_cand // size)
+    pad = n_calls * size - n_cand
+    temps = jnp.asarray(temp_factors, cfg.jdtype)
+    raw = {n: jnp.asarray(v, cfg.jdtype) for n, v in raw.items()}
+    if pad:
+        raw = {n: jnp.concatenate([v, jnp.repeat(v[:1], pad)]) for n, v in raw.items()}
+        temps = jnp.concatenate([temps, jnp.repeat(temps[:1], pad)])
+    out = np.empty((n_calls * size, *keys.shape), np.float64)
+    for g in groups:
+        rows = np.asarray(g.index)
+        for c in range(n_calls):
+            part = slice(c * size, (c + 1) * size)
+            obj = population_objectives({n: v[part] for n, v in raw.items()}, temps[part],
+                                        g.params, g.scenarios, keys[rows], weights, cfg=cfg)
+            out[part, rows] = np.asarray(obj)
+    return out[:n_cand]

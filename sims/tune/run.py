@@ -1,9 +1,12 @@
-"""One tuning run, as ``narset tune`` makes it: train, random search, evaluate, write.
+"""One tuning run, as ``narset tune`` makes it: train, random search, surrogate report,
+evaluate, write.
 
-[`sims.tune.run_tune`][] trains with the relaxed controller, checkpointing every few
-iterations (a resumed run continues bit for bit), then runs a random search with the same
-number of rollouts and evaluates the starting params, the tuned params, the random
-search's best and the baselines with the **hard** controller on held-out seeds and
+[`sims.tune.run_tune`][] trains with the relaxed controller (``method="grad"``) or with an
+evolution strategy on the hard controller (``method="es"``, [`sims.tune.es`][]),
+checkpointing every few iterations or generations (a resumed run continues bit for bit),
+then runs a random search with the same number of rollouts, measures the surrogate gap
+([`sims.tune.surrogate`][]) and evaluates the starting params, the tuned params, the
+random search's best and the baselines with the **hard** controller on held-out seeds and
 held-out scenarios. It writes ``params.toml``, ``random_search_params.toml``,
 ``history.json``, ``evaluation.json``, ``loss_curve.png``, ``params_before_after.png``
 and ``checkpoint.npz`` to the output directory (see ``docs/tuning.md``).
@@ -24,10 +27,10 @@ import sims
 from narset_jax.atomic import write_json, write_text
 from narset_jax.errors import UserError
 from narset_jax.params import NarsetParams
-from sims.tune import checkpoint, evaluation, search, training
+from sims.tune import checkpoint, es, evaluation, search, surrogate, training
 from sims.tune.loss import TuneConfig, scenario_params
-from sims.tune.params_map import TUNED, from_params, hard, to_params
-from sims.tune.settings import RUN_KEYS, check_settings, run_config
+from sims.tune.params_map import TUNED, anneal_factor, from_params, hard, to_params
+from sims.tune.settings import ES_KEYS, RUN_KEYS, check_settings, run_config
 from sims.tune.stats import verdict
 
 __all__ = ["TuneResult", "params_toml", "run_tune"]
@@ -35,11 +38,12 @@ __all__ = ["TuneResult", "params_toml", "run_tune"]
 
 class TuneResult(NamedTuple):
     """What [`sims.tune.run_tune`][] returns: ``summary``, the run's JSON-ready summary
-    (``status`` ``"stopped"`` or ``"done"``), and ``table``, the evaluation as text
-    (``None`` when stopped)."""
+    (``status`` ``"stopped"`` or ``"done"``), ``table``, the evaluation as text, and
+    ``surrogate``, the surrogate report as text (both ``None`` when stopped)."""
 
     summary: dict[str, Any]
     table: str | None
+    surrogate: str | None = None
 
 
 def params_toml(params: NarsetParams, header: list[str], budget: str | None) -> str:
@@ -70,12 +74,14 @@ def _resume_settings(settings: dict[str, Any], explicit: set[str], ckpt_path: Pa
         raise UserError(f"--resume: no checkpoint at {ckpt_path}")
     stored = checkpoint.read_checkpoint_meta(ckpt_path)
     current = dict(settings)
-    for key in RUN_KEYS:
-        if key in explicit and key in stored["config"]:
+    # A gradient run's settings leave out the ES keys: its method is "grad".
+    config = {"method": "grad", **stored["config"]}
+    for key in RUN_KEYS + ES_KEYS:
+        if key in explicit and key in config:
             given = json.loads(json.dumps(current[key]))
-            if given != stored["config"][key]:
+            if given != config[key]:
                 raise UserError(f"--resume: {key} = {given!r} differs from the "
-                                f"checkpoint's {stored['config'][key]!r}")
+                                f"checkpoint's {config[key]!r}")
     settings.update(stored["config"])
     settings["base_source"] = stored.get("base_source", "defaults")
     return stored
@@ -153,6 +159,10 @@ def run_tune(
         raise UserError(f"{out} already holds a run ({checkpoint.CHECKPOINT}); pass --resume "
                         "to continue it, or choose another --out")
     check_settings(settings)
+    es.check_es_settings(settings)
+    method = settings["method"]
+    if method == "es" and settings["es_learning_rate"] is None:
+        settings["es_learning_rate"] = es.ES_DEFAULT_LEARNING_RATE[settings["es_strategy"]]
     if stop_after is not None and stop_after <= 0:
         raise UserError(f"--stop-after must be a positive int, got {stop_after}")
 
@@ -199,27 +209,56 @@ def run_tune(
         "train_key": jax.random.key_data(
             training.run_keys(settings["seed"], training.STREAM_TRAIN)).tolist(),
     }
-    template = training.train_init(from_params(base.astype(dtype), dtype), optimizer)
-    state, history = template, training.History()
+    P = settings["es_population"] if method == "es" else 1
+    steps_total = K // P  # gradient iterations, or ES generations
+    es_opts = {}
+    if method == "es":
+        es_opts = dict(population=P, strategy=settings["es_strategy"],
+                       sigma=settings["es_sigma"], learning_rate=settings["es_learning_rate"])
+        _, _, template = es.es_init(es.start_raw(base_hard), seed=settings["seed"], **es_opts)
+        state, history = template, es.ESHistory()
+    else:
+        template = training.train_init(from_params(base.astype(dtype), dtype), optimizer)
+        state, history = template, training.History()
     if stored is not None:
-        state, history, old_meta = checkpoint.load_checkpoint(ckpt_path, template)
+        state, history, old_meta = checkpoint.load_checkpoint(
+            ckpt_path, template, es.ESHistory if method == "es" else training.History)
         if old_meta.get("train_key") != meta["train_key"]:
             raise UserError(f"{ckpt_path}: PRNG key differs from the run's seed")
 
-    log(
-        f"narset tune: {K} iterations x {S} scenario(s) x {B} seeds = {K * S * B} rollouts of "
-        f"N={N} regions x T={T} windows ({settings['hysteresis']} hysteresis"
-        f"{', truncated to ' + str(truncate) if truncate else ''}"
-        f"{', remat' if settings['remat'] else ''}; budget "
-        + ", ".join(f"{lab} {b}" for lab, b in zip(train_labels, train_budgets))
-        + ("" if budget is None else " (fixed by --params)") + "); "
-        + (f"resuming at iteration {state.iteration}; " if stored is not None else "")
-        + "compiling..."
-    )
-    bar = tqdm(total=K, initial=state.iteration, desc="narset tune", unit="it",
+    budgets = (", ".join(f"{lab} {b}" for lab, b in zip(train_labels, train_budgets))
+               + ("" if budget is None else " (fixed by --params)"))
+    if method == "es":
+        log(
+            f"narset tune --method es: {steps_total} generations x {P} candidates x {S} "
+            f"scenario(s) x {B} seeds = {K * S * B} rollouts of N={N} regions x T={T} windows "
+            f"(hard hysteresis, {settings['es_strategy']}, sigma {settings['es_sigma']}; "
+            f"budget {budgets}); "
+            + (f"resuming at generation {state.iteration}; " if stored is not None else "")
+            + "compiling..."
+        )
+    else:
+        log(
+            f"narset tune: {K} iterations x {S} scenario(s) x {B} seeds = {K * S * B} rollouts "
+            f"of N={N} regions x T={T} windows ({settings['hysteresis']} hysteresis"
+            f"{', truncated to ' + str(truncate) if truncate else ''}"
+            f"{', remat' if settings['remat'] else ''}; budget "
+            + budgets + "); "
+            + (f"resuming at iteration {state.iteration}; " if stored is not None else "")
+            + "compiling..."
+        )
+    unit = "gen" if method == "es" else "it"
+    bar = tqdm(total=steps_total, initial=state.iteration, desc="narset tune", unit=unit,
                file=sys.stderr, disable=not progress)
+
+    def postfix(hist):
+        if method == "es":
+            bar.set_postfix(mean=f"{hist.loss[-1]:.4f}", best=f"{hist.best_so_far[-1]:.4f}")
+        else:
+            bar.set_postfix(loss=f"{hist.loss[-1]:.4f}", gnorm=f"{hist.grad_norm[-1]:.3g}")
+
     if history.loss:
-        bar.set_postfix(loss=f"{history.loss[-1]:.4f}", gnorm=f"{history.grad_norm[-1]:.3g}")
+        postfix(history)
     latest = {"state": state, "saved": state.iteration}
     every = settings["checkpoint_every"]
 
@@ -230,19 +269,26 @@ def run_tune(
     def callback(st, hist):
         latest["state"] = st
         bar.update(1)
-        bar.set_postfix(loss=f"{hist.loss[-1]:.4f}", gnorm=f"{hist.grad_norm[-1]:.3g}")
-        if st.iteration % every == 0 or st.iteration == K:
+        postfix(hist)
+        if st.iteration % every == 0 or st.iteration == steps_total:
             save(st)
 
     t0 = time.perf_counter()
     try:
-        state, history = training.train(
-            base, train_scenarios, iters=K, cfg=cfg, batch=B, seed=settings["seed"],
-            weights=weights, learning_rate=settings["learning_rate"],
-            clip_norm=settings["clip_norm"], anneal=settings["anneal"], budget=budget,
-            state=state,
-            history=history, stop_after=stop_after, callback=callback,
-        )
+        if method == "es":
+            state, history = es.es_train(
+                base_hard, train_scenarios, iters=K, cfg=cfg, batch=B, seed=settings["seed"],
+                weights=weights, budget=budget, state=state, history=history,
+                stop_after=stop_after, callback=callback, **es_opts,
+            )
+        else:
+            state, history = training.train(
+                base, train_scenarios, iters=K, cfg=cfg, batch=B, seed=settings["seed"],
+                weights=weights, learning_rate=settings["learning_rate"],
+                clip_norm=settings["clip_norm"], anneal=settings["anneal"], budget=budget,
+                state=state,
+                history=history, stop_after=stop_after, callback=callback,
+            )
     except KeyboardInterrupt:
         if latest["state"].iteration != latest["saved"]:
             save(latest["state"])
@@ -252,12 +298,15 @@ def run_tune(
     train_s = time.perf_counter() - t0
     if state.iteration != latest["saved"]:
         save(state)
-    if state.iteration < K:
-        log(f"narset tune: stopped after {state.iteration} of {K} iterations; checkpoint "
-            f"in {ckpt_path}; continue with --resume")
-        return TuneResult({"command": "tune", "status": "stopped",
-                           "iteration": state.iteration, "iters": K,
-                           "checkpoint": str(ckpt_path)}, None)
+    if state.iteration < steps_total:
+        what = "generations" if method == "es" else "iterations"
+        log(f"narset tune: stopped after {state.iteration} of {steps_total} {what}; "
+            f"checkpoint in {ckpt_path}; continue with --resume")
+        stopped = {"command": "tune", "status": "stopped", "iteration": state.iteration,
+                   "iters": K, "checkpoint": str(ckpt_path)}
+        if method == "es":
+            stopped.update(method="es", generations=steps_total)
+        return TuneResult(stopped, None)
 
     tuned = hard(to_params(state.raw, base_hard))
     n_rollouts = K * S * B
@@ -275,6 +324,20 @@ def run_tune(
     finally:
         rs_bar.close()
     rs_s = time.perf_counter() - t1
+
+    # The surrogate gap, on the random search's rollouts (training iteration 0's keys).
+    t3 = time.perf_counter()
+    rs_raws = search.candidate_raws(base_hard, K, seed=settings["seed"], sigma=settings["sigma"])
+    sur = surrogate.surrogate_report(
+        base_hard, train_scenarios, train_labels, hysteresis=settings["hysteresis"],
+        candidates={n: jnp.stack([jnp.asarray(r[n]) for r in rs_raws]) for n in TUNED},
+        hard_candidates=rs.objectives, final_raw=state.raw,
+        final_temp=anneal_factor(K - 1, K, settings["anneal"]) if method == "grad" else 1.0,
+        keys=training.batch_keys(training.run_keys(settings["seed"], training.STREAM_TRAIN),
+                                 0, S, B),
+        n_regions=N, n_steps=T, weights=weights, budget=budget, dtype=dtype,
+    )
+    sur_s = time.perf_counter() - t3
 
     # Evaluation: hard controller, held-out seeds, trained and held-out scenarios.
     ref = "defaults" if settings["base_source"] == "defaults" else "initial"
@@ -300,7 +363,9 @@ def run_tune(
     eval_s = time.perf_counter() - t2
 
     # Outputs.
-    header = [f"narset tune: {K} iterations on {', '.join(train_labels)}; N={N}, T={T}, "
+    what = (f"--method es ({settings['es_strategy']}): {steps_total} generations x {P} "
+            "candidates" if method == "es" else f"{K} iterations")
+    header = [f"narset tune: {what} on {', '.join(train_labels)}; N={N}, T={T}, "
               f"batch {B}, seed {settings['seed']}", "hard hysteresis for simulation and "
               "deployment; see history.json and evaluation.json"]
     files = {
@@ -312,11 +377,15 @@ def run_tune(
         ),
     }
     hist = history.to_dict()
-    files["history"] = write_json(out / "history.json", {
+    hist_doc = {
         "settings": meta["config"], "history": hist,
         "random_search": {"scores": rs.scores.tolist(), "best": rs.best,
                           "rollouts": rs.rollouts},
-    })
+    }
+    if method == "es":
+        hist_doc["es"] = {"generations": steps_total, "population": P, "rollouts": n_rollouts,
+                          "result": "the search distribution's mean after the last generation"}
+    files["history"] = write_json(out / "history.json", hist_doc)
     held = set(held_out)
     eval_doc = {
         "protocol": {
@@ -328,16 +397,24 @@ def run_tune(
             "budget_rule": ("each scenario's recommended mode, else the starting params' "
                             "(narset simulate without --budget)" if budget is None
                             else f"{budget} for every scenario (set by --params)"),
-            "rollouts": {"gradient": n_rollouts, "random_search": rs.rollouts,
-                         "note": "each gradient rollout also runs a backward pass"},
+            "rollouts": (
+                {"gradient": n_rollouts, "random_search": rs.rollouts,
+                 "note": "each gradient rollout also runs a backward pass"}
+                if method == "grad" else
+                {"es": n_rollouts, "random_search": rs.rollouts,
+                 "note": "both score every candidate with the hard controller"}),
         },
         "results": ev,
     }
     files["evaluation"] = write_json(out / "evaluation.json", eval_doc)
     from narset_jax.plots.tune import plot_loss_curve, plot_params
 
-    files["loss_curve"] = plot_loss_curve(hist, out / "loss_curve.png",
-                                          random_search=rs.scores.tolist(), batch=S * B)
+    if method == "es":
+        files["loss_curve"] = es.plot_es_curve(hist, out / "loss_curve.png", population=P,
+                                               random_search=rs.scores.tolist(), batch=S * B)
+    else:
+        files["loss_curve"] = plot_loss_curve(hist, out / "loss_curve.png",
+                                              random_search=rs.scores.tolist(), batch=S * B)
     files["params_plot"] = plot_params(
         {n: float(getattr(base_hard, n)) for n in TUNED},
         {n: float(getattr(tuned, n)) for n in TUNED},
@@ -353,12 +430,24 @@ def run_tune(
         }
         for sc, rows in ev.items()
     }
+    if method == "es":
+        training_summary = {
+            "iterations": K, "generations": steps_total, "population": P,
+            "rollouts": {"es": n_rollouts, "random_search": rs.rollouts},
+            "final_loss": history.loss[-1], "best_so_far": history.best_so_far[-1],
+        }
+    else:
+        training_summary = {
+            "iterations": K,
+            "rollouts": {"gradient": n_rollouts, "random_search": rs.rollouts},
+            "final_loss": history.loss[-1], "final_grad_norm": history.grad_norm[-1],
+            "skipped_steps": int(sum(not f for f in history.finite)),
+        }
     summary = {
-        "command": "tune", "status": "done", "out": str(out),
-        "iterations": K, "rollouts": {"gradient": n_rollouts, "random_search": rs.rollouts},
-        "final_loss": history.loss[-1], "final_grad_norm": history.grad_norm[-1],
-        "skipped_steps": int(sum(not f for f in history.finite)),
-        "seconds": {"train": train_s, "random_search": rs_s, "evaluation": eval_s},
+        "command": "tune", "status": "done", "out": str(out), "method": method,
+        **training_summary,
+        "seconds": {"train": train_s, "random_search": rs_s, "surrogate": sur_s,
+                    "evaluation": eval_s},
         "held_out_scenarios": sorted(held), "budget": eval_doc["protocol"]["budget"],
         "verdicts": verdicts,
         "evaluation": {sc: {label: {"objective": row["objective"], "delta": row["delta"],
@@ -366,6 +455,7 @@ def run_tune(
                             for label, row in rows.items()}
                        for sc, rows in ev.items()},
         "tuned_params": {n: float(getattr(tuned, n)) for n in TUNED},
+        "surrogate": sur,
         "files": {k: str(v) for k, v in files.items()},
     }
-    return TuneResult(summary, table)
+    return TuneResult(summary, table, surrogate.format_surrogate(sur))

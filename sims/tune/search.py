@@ -16,18 +16,34 @@ from sims.tune.loss import scenario_params
 from sims.tune.params_map import TUNED, from_params, hard, to_params
 from sims.tune.training import STREAM_TRAIN, batch_keys, run_keys
 
-__all__ = ["SearchResult", "random_search"]
+__all__ = ["SearchResult", "candidate_raws", "random_search"]
 
 
 class SearchResult(NamedTuple):
     """Result of [`sims.tune.random_search`][]: the best ``raw`` and its params,
-    every candidate's mean objective, the index of the best, and the rollouts used."""
+    every candidate's mean objective, the index of the best, the rollouts used, and every
+    rollout's objective ``[candidates, S, B]`` (``objectives``)."""
 
     raw: dict
     params: NarsetParams
     scores: np.ndarray
     best: int
     rollouts: int
+    objectives: np.ndarray | None = None
+
+
+def candidate_raws(base: NarsetParams, candidates: int, *, seed: int = 0,
+                   sigma: float = 1.0) -> list[dict]:
+    """The raw params of [`sims.tune.random_search`][]'s candidates: candidate 0 is
+    ``base``, candidate ``i > 0`` is ``raw(base) + sigma * z_i`` (``z`` from the run's
+    ``STREAM_TRAIN``)."""
+    raw0 = from_params(base, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+    names = list(TUNED)
+    rng_key = jax.random.fold_in(run_keys(seed, STREAM_TRAIN), 2**31 - 1)
+    z = np.array(jax.random.normal(rng_key, (candidates, len(names))), np.float64)
+    z[0] = 0.0
+    return [{n: raw0[n] + sigma * z[i, j] for j, n in enumerate(names)}
+            for i in range(candidates)]
 
 
 def random_search(
@@ -64,17 +80,11 @@ def random_search(
         raise ValueError(f"candidates must be a positive int, got {candidates!r}")
     weights = sims.DEFAULT_WEIGHTS if weights is None else weights
     hard_base = hard(base)
-    raw0 = from_params(base, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
-    names = list(TUNED)
-    rng_key = jax.random.fold_in(run_keys(seed, STREAM_TRAIN), 2**31 - 1)
-    z = np.array(jax.random.normal(rng_key, (candidates, len(names))), np.float64)
-    z[0] = 0.0
+    raws = candidate_raws(base, candidates, seed=seed, sigma=sigma)
     keys = batch_keys(run_keys(seed, STREAM_TRAIN), 0, len(scenarios), batch)
     scores = np.zeros(candidates)
-    raws = []
-    for i in range(candidates):
-        raw = {n: raw0[n] + sigma * z[i, j] for j, n in enumerate(names)}
-        raws.append(raw)
+    objectives = np.zeros((candidates, len(scenarios), batch))
+    for i, raw in enumerate(raws):
         params = to_params(raw, hard_base)
         total = []
         for s, sc in enumerate(scenarios):
@@ -82,6 +92,7 @@ def random_search(
                                                  controller, sc, keys[s], n_regions, n_steps,
                                                  weights, dtype, ecology)
             total.append(o)
+        objectives[i] = np.stack(total)
         scores[i] = float(np.mean(np.concatenate(total)))
         if progress is not None:
             progress(i)
@@ -92,4 +103,5 @@ def random_search(
         scores=scores,
         best=best,
         rollouts=candidates * len(scenarios) * batch,
+        objectives=objectives,
     )

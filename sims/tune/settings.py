@@ -14,14 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import sims
+from narset_jax._config import describe
 from narset_jax.errors import UserError
 from narset_jax.params import NarsetParams
+from narset_jax.resources import check_fits, closed_loop_bytes
 
 __all__ = [
     "DEFAULTS",
     "DEFAULT_CONFIG",
+    "ES_KEYS",
     "RUN_KEYS",
     "build_settings",
+    "check_eval_memory",
     "check_settings",
     "read_config",
     "run_config",
@@ -44,6 +48,11 @@ DEFAULTS: dict[str, Any] = {
     "eval_seeds": 8,
     "sigma": 1.0,
     "weights": {},
+    "method": "grad",
+    "es_strategy": "snes",
+    "es_population": 8,
+    "es_sigma": 0.5,
+    "es_learning_rate": None,
 }
 """Settings before any config file is read."""
 
@@ -63,7 +72,15 @@ _CONFIG_KEYS: dict[str, dict[str, tuple[str, type]]] = {
     },
     "evaluation": {"seeds": ("eval_seeds", int)},
     "random_search": {"sigma": ("sigma", float)},
+    "es": {
+        "strategy": ("es_strategy", str),
+        "population": ("es_population", int),
+        "sigma": ("es_sigma", float),
+        "learning_rate": ("es_learning_rate", float),
+    },
 }
+
+_TYPE_NAMES = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}
 
 RUN_KEYS = (
     "scenarios",
@@ -87,6 +104,10 @@ RUN_KEYS = (
 """Settings that determine the training run (and the random search); they must match on
 ``--resume``. The evaluation settings and ``checkpoint_every`` may change."""
 
+ES_KEYS = ("method", "es_strategy", "es_population", "es_sigma", "es_learning_rate")
+"""Run settings of ``--method es`` (the ``[es]`` table): part of an ES run's settings, as
+``RUN_KEYS`` are; a gradient run's settings leave them out (its method is ``grad``)."""
+
 
 def read_config(path: Path) -> dict[str, Any]:
     """Settings from a config TOML: ``{setting: value}`` plus ``"weights"``."""
@@ -97,6 +118,8 @@ def read_config(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: cannot read config: {err.strerror or err}") from None
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path}: malformed TOML: {err}") from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays or tables
+        raise UserError(f"{path}: malformed TOML: nested too deeply") from None
 
     out: dict[str, Any] = {}
     known = set(_CONFIG_KEYS) | {"objective"}
@@ -106,7 +129,7 @@ def read_config(path: Path) -> dict[str, Any]:
                 f"{path}: unknown section [{section}]; valid: {', '.join(sorted(known))}"
             )
         if not isinstance(table, dict):
-            raise UserError(f"{path}: {section} must be a [table]")
+            raise UserError(f"{path}: {section} must be a [table], got {describe(table)}")
         if section == "objective":
             fields = sims.ObjectiveWeights.__dataclass_fields__
             weights = {}
@@ -116,7 +139,9 @@ def read_config(path: Path) -> dict[str, Any]:
                         f"{path}: unknown [objective] weight {key!r}; valid: {', '.join(fields)}"
                     )
                 if isinstance(value, bool) or not isinstance(value, int | float):
-                    raise UserError(f"{path}: [objective] {key} must be a number, got {value!r}")
+                    raise UserError(
+                        f"{path}: [objective] {key} must be a number, got {describe(value)}"
+                    )
                 weights[key] = float(value)
             out["weights"] = weights
             continue
@@ -130,7 +155,8 @@ def read_config(path: Path) -> dict[str, Any]:
                 value, ok = float(value), True
             if not ok:
                 raise UserError(
-                    f"{path}: [{section}] {key} must be {typ.__name__}, got {value!r}"
+                    f"{path}: [{section}] {key} must be {_TYPE_NAMES[typ]}, got "
+                    f"{describe(value)}"
                 )
             out[name] = value
     return out
@@ -217,11 +243,49 @@ def check_settings(s: Mapping[str, Any]) -> None:
         sims.ObjectiveWeights(**s["weights"])
     except (TypeError, ValueError) as err:
         raise UserError(f"bad objective weights: {err}") from None
+    check_training_memory(s)
+
+
+def _itemsize(s: Mapping[str, Any]) -> int:
+    return 8 if s.get("dtype") == "float64" else 4
+
+
+def check_training_memory(s: Mapping[str, Any], *, available: int | None = None) -> None:
+    """Refuse (one-line ``UserError`` with the estimate) a training run whose memory is
+    beyond this machine: ``--batch`` seeds of each scenario, ``--regions`` each, run at
+    once, with every window's carry kept for the backward pass (``--steps`` windows; at
+    least [`narset_jax.resources.DECISION_COLUMNS_BYTES`][] per region-window, also with
+    ``jax.checkpoint``). With ``method = "es"`` there is no backward pass, but the whole
+    population's rollouts run at once. A lower bound: only sizes that cannot fit are
+    refused."""
+    rollouts = len(s["scenarios"]) * s["batch"]
+    what = (f"--regions {s['regions']} x --steps {s['steps']} x {rollouts} rollouts per "
+            f"iteration (--batch {s['batch']} x {len(s['scenarios'])} scenarios)")
+    if s.get("method", "grad") == "es":
+        population = int(s.get("es_population") or 1)
+        copies, windows = rollouts * population, 0
+        what += f" x {population} candidates"
+    else:
+        copies, windows = rollouts, rollouts * s["steps"]
+    needed = closed_loop_bytes(
+        s["regions"], itemsize=_itemsize(s), copies=copies, record_windows=windows
+    )
+    check_fits(needed, what, available=available)
+
+
+def check_eval_memory(regions: int, dtype: str = "float32", *,
+                      available: int | None = None) -> None:
+    """Refuse (one-line ``UserError``) an ``--eval-regions`` beyond this machine: one
+    rollout at a time, so the closed loop's state and temporaries over ``regions``."""
+    if isinstance(regions, int) and regions > 0:
+        needed = closed_loop_bytes(regions, itemsize=8 if dtype == "float64" else 4)
+        check_fits(needed, f"--eval-regions {regions}", available=available)
 
 
 def run_config(s: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings that determine the run (``RUN_KEYS``), JSON-normalised (floats
-    round-trip)."""
-    cfg = {k: s[k] for k in RUN_KEYS}
+    """The settings that determine the run (``RUN_KEYS``, and ``ES_KEYS`` for
+    ``--method es``), JSON-normalised (floats round-trip)."""
+    keys = RUN_KEYS + (ES_KEYS if s.get("method", "grad") == "es" else ())
+    cfg = {k: s[k] for k in keys}
     cfg["scenarios"] = list(cfg["scenarios"])
     return json.loads(json.dumps(cfg))
