@@ -8,11 +8,12 @@ Adding an ecology: a module here with a subclass of [`sims.Ecology`][], register
 from __future__ import annotations
 
 from sims.ecologies.base import Ecology, Outcome
+from sims.ecologies.neural import Neural
 from sims.ecologies.stylised import STYLISED, Stylised
 
 __all__ = ["ECOLOGIES", "REGISTRY", "STYLISED", "Ecology", "Outcome", "Stylised", "get_ecology"]
 
-REGISTRY: dict[str, type[Ecology]] = {c.name: c for c in (Stylised,)}
+REGISTRY: dict[str, type[Ecology]] = {c.name: c for c in (Stylised, Neural)}
 ECOLOGIES = tuple(REGISTRY)
 
 
