@@ -1,12 +1,14 @@
 """The ``narset decide`` job: run Narset on a real run's telemetry and write the decision log.
 
-The input (a JSONL event log, gzipped or not, or a Parquet table; ``docs/telemetry.md``) is
-streamed into windows by [`narset_jax.ingest.open_windows`][], each window goes through the
-jitted controller step, and every ``chunk_windows`` windows of decisions become one part of
-the decision log written by [`narset_jax.decision_log`][]: the same log and manifest as
-``narset simulate``, so ``narset replay DIR`` verifies it. ``DIR/summary.json`` holds the
-ingest report: lines, events, bad lines by reason, unknown regions, out-of-range values,
-windows.
+The input (a JSONL event log, gzipped or not, a Parquet table, or Esper's own telemetry;
+``docs/telemetry.md``) is streamed into windows by [`narset_jax.ingest.open_windows`][],
+each window goes through the jitted controller step, and every ``chunk_windows`` windows
+of decisions become one part of the decision log written by [`narset_jax.decision_log`][]:
+the same log and manifest as ``narset simulate``, so ``narset replay DIR`` verifies it.
+``DIR/summary.json`` holds the ingest report: lines, events, bad lines by reason, unknown
+regions, out-of-range values, windows, and for Esper telemetry the coverage of the twelve
+inputs (``coverage``). ``emit_esper`` also writes every decision as an Esper event
+([`narset_jax.esper_emit`][]).
 
 The output is a transaction ([`narset_jax.decision_log.OutputDir`][]): ``out`` is locked
 for the run, the new log is staged beside it and replaces the old one only once complete,
@@ -61,6 +63,10 @@ def run_decide(
     progress: bool = True,
     force: bool = False,
     sign_key: bytes | None = None,
+    format: str = "auto",
+    region: str = "env",
+    window_seconds: float | None = None,
+    emit_esper: str | os.PathLike | None = None,
 ) -> dict:
     """Decide every window of the event log ``events`` and write the decision log to
     ``out``; returns the summary (also written to ``out/summary.json``).
@@ -79,6 +85,13 @@ def run_decide(
     - ``force``: write into ``out`` even if it holds files that are not a narset output
       (they are kept).
     - ``sign_key``: HMAC-sign the manifest with these bytes.
+    - ``format``: ``"auto"`` (detects the schema; today's JSONL schema reads exactly as
+      before) or ``"esper"`` (Esper's own telemetry: a file, a ``telemetry_*`` directory
+      or a directory of them; ``n_regions`` is then the number of envs).
+    - ``region``, ``window_seconds``: Esper only: regions ``"env"`` or ``"env,slot"``;
+      the window span of a log without inner epochs or batch boundaries.
+    - ``emit_esper``: also write each decision as an Esper event to this file (Esper
+      input only; written atomically once the log is complete).
 
     The summary has the settings, the seconds taken, the ingest report (``ingest``) and the
     log's facts (``log``: windows, rows, parts, bytes, first window). Bad input raises
@@ -111,7 +124,15 @@ def run_decide(
         first_window=first_window,
         dtype=dtype,
         progress=progress,
+        format=format,
+        region=region,
+        window_seconds=window_seconds,
+        params=params,
     )
+    esper = stream.report.format == "esper"
+    if emit_esper is not None and not esper:
+        raise UserError("--emit esper needs Esper telemetry as input (this log is "
+                        f"{stream.report.format})")
     n = stream.n_regions
     chunk = chunk_windows or default_chunk(n)
     check_memory(n, dtype, chunk, lag)
@@ -125,19 +146,31 @@ def run_decide(
         "first_window": first_window,
         "chunk_windows": chunk,
     }
-    with OutputDir(out, force=force) as od:
-        log = _decide(stream, params, n, chunk, dtype, od.stage, config, sign_key)
-        log["dir"] = os.fspath(out)
-        summary = _summary(events, out, n, dtype, chunk, t0, stream, log)
-        from narset_jax.atomic import write_json
+    if esper:
+        config.update(region=region, window_seconds=window_seconds)
+    with contextlib.ExitStack() as stack:
+        emitter = None
+        if emit_esper is not None:
+            from narset_jax.esper_emit import EsperEmitter
 
-        write_json(od.stage / "summary.json", summary)
-        od.commit()
+            emitter = stack.enter_context(EsperEmitter(emit_esper, stream.esper))
+        with OutputDir(out, force=force) as od:
+            log = _decide(stream, params, n, chunk, dtype, od.stage, config, sign_key,
+                          emitter)
+            log["dir"] = os.fspath(out)
+            summary = _summary(events, out, n, dtype, chunk, t0, stream, log)
+            if emitter is not None:
+                summary["emit"] = {"format": "esper", "file": os.fspath(emit_esper),
+                                   "events": emitter.rows}
+            from narset_jax.atomic import write_json
+
+            write_json(od.stage / "summary.json", summary)
+            od.commit()
     return summary
 
 
 def _summary(events, out, n, dtype, chunk, t0, stream, log) -> dict:
-    return {
+    summary = {
         "command": "decide",
         "events_file": os.fspath(events),
         "out": os.fspath(out),
@@ -148,10 +181,14 @@ def _summary(events, out, n, dtype, chunk, t0, stream, log) -> dict:
         "ingest": stream.report.to_dict(),
         "log": log,
     }
+    coverage = getattr(stream.report, "coverage", None)
+    if coverage is not None:
+        summary["coverage"] = coverage
+    return summary
 
 
 def _decide(stream, params, n: int, chunk: int, dtype: str, out: Path, config: dict,
-            sign_key: bytes | None = None) -> dict:
+            sign_key: bytes | None = None, emitter=None) -> dict:
     """Run the controller over the stream, writing decisions ``chunk`` windows per part;
     returns log facts.
 
@@ -177,13 +214,17 @@ def _decide(stream, params, n: int, chunk: int, dtype: str, out: Path, config: d
     state = ctl.init(n, jnp.float32 if dtype == "float32" else jnp.float64)
     np_dtype = np.dtype(dtype)
     pending = []
+    pending_w = []
     windows = 0
 
     def flush(writer):
         # One jitted stack and one transfer per part, not one per column and window.
         stacked = jax.device_get(_stack_jit()(pending).columns())
         writer.write(stacked)
+        if emitter is not None:
+            emitter.write(pending_w, stacked)
         pending.clear()
+        pending_w.clear()
 
     writer = DecisionLogWriter(out, params=params, n_regions=n, dtype=dtype, config=config,
                                sign_key=sign_key, lock=False)
@@ -196,6 +237,7 @@ def _decide(stream, params, n: int, chunk: int, dtype: str, out: Path, config: d
                 )
                 state, decision = ctl.step(state, tel)
                 pending.append(decision)
+                pending_w.append(_w)
                 windows += 1
                 if len(pending) == chunk:
                     flush(writer)

@@ -15,6 +15,15 @@ Two ways to drive the controller:
       decision = online.step_events(events_of_this_window)
 
 [`narset_jax.online.telemetry_from_events`][] is the events -> telemetry helper on its own.
+
+Esper's own telemetry, one event at a time (the dicts Nissa's ``FileOutput`` writes, e.g.
+from a Nissa output backend in a live run: [`narset_jax.online.NarsetNissaBackend`][])::
+
+      online = OnlineNarset.for_esper(params, n_envs=4, epochs_per_batch=25)
+      for event in events:
+          for window, decision in online.feed_esper(event):   # windows it closed
+              ...
+      online.finish_esper()                                    # the last windows
 """
 
 from __future__ import annotations
@@ -40,7 +49,9 @@ from narset_jax.telemetry import BOOL_FIELDS, TELEMETRY_FIELDS, Telemetry
 
 __all__ = [
     "EventWindowBuilder",
+    "NarsetNissaBackend",
     "OnlineNarset",
+    "esper_event_dict",
     "telemetry_from_events",
 ]
 
@@ -206,6 +217,75 @@ class OnlineNarset:
         self.controller = Narset(params)
         self.state: NarsetState = self.controller.init(n_regions, dtype)
         self.builder = EventWindowBuilder(n_regions, dtype=np.dtype(dtype), strict=strict)
+        self.esper = None  # an EsperFeed, for OnlineNarset.for_esper
+
+    @classmethod
+    def for_esper(
+        cls,
+        params: NarsetParams | None = None,
+        n_envs: int = 1,
+        *,
+        slots=(),
+        region: str = "env",
+        windowing: str = "epoch",
+        epochs_per_batch: int | None = None,
+        first_epoch: int = 1,
+        window_seconds: float | None = None,
+        lag: int = 2,
+        loss_from: str = "val_loss",
+        carried: dict | None = None,
+        dtype=jnp.float32,
+        strict: bool = True,
+    ) -> OnlineNarset:
+        """Narset fed Esper's own telemetry one event at a time
+        ([`narset_jax.online.OnlineNarset.feed_esper`][]).
+
+        The regions are Esper's envs (``region="env"``) or their slots
+        (``region="env,slot"``, which needs ``slots``); windows, placement and the twelve
+        inputs follow ``narset decide --format esper`` (``docs/telemetry.md``), through
+        [`narset_jax.ingest.EsperFeed`][] (its arguments). ``carried`` says which inputs
+        the run's telemetry carries (``narset decide`` finds it in a first pass over the
+        file; online, the default ``None`` counts an input as carried from its first
+        event and fills it with its neutral value before).
+        """
+        from narset_jax.ingest.esper import EsperFeed
+
+        feed = EsperFeed(n_envs, slots=slots, region=region, windowing=windowing,
+                         epochs_per_batch=epochs_per_batch, first_epoch=first_epoch,
+                         window_seconds=window_seconds, lag=lag, loss_from=loss_from,
+                         carried=carried, params=params, dtype=np.dtype(dtype), strict=strict)
+        online = cls(params, feed.n_regions, dtype=dtype, strict=strict)
+        online.esper = feed
+        return online
+
+    def feed_esper(self, event) -> list[tuple[int, Decision]]:
+        """Fold in one Esper event (a dict with Nissa's keys, or its JSON line).
+
+        **Returns:** ``[(window, decision)]`` for the windows the event closed (a window
+        closes ``lag`` windows behind the newest), usually none.
+
+        **Raises:** [`narset_jax.ingest.IngestError`][] naming the event's index for a
+        malformed event (with ``strict``; else it is counted in ``esper_report``).
+        """
+        if self.esper is None:
+            raise TypeError("feed_esper needs an OnlineNarset made by OnlineNarset.for_esper")
+        return [(w, self._step_columns(cols)) for w, cols in self.esper.feed(event)]
+
+    def finish_esper(self) -> list[tuple[int, Decision]]:
+        """Close the windows still open (the end of the run) and decide them."""
+        if self.esper is None:
+            raise TypeError("finish_esper needs an OnlineNarset made by OnlineNarset.for_esper")
+        return [(w, self._step_columns(cols)) for w, cols in self.esper.finish()]
+
+    @property
+    def esper_report(self):
+        """The Esper feed's [`narset_jax.ingest.EsperReport`][] (coverage included)."""
+        return None if self.esper is None else self.esper.report
+
+    def _step_columns(self, cols: dict) -> Decision:
+        dtype = np.dtype(self.state.dtype)
+        return self.step(Telemetry(**{
+            k: cols[k].astype(bool if k in BOOL_FIELDS else dtype) for k in TELEMETRY_FIELDS}))
 
     @property
     def params(self) -> NarsetParams:
@@ -260,3 +340,66 @@ class OnlineNarset:
                 x = x.astype(dtype)
             out[k] = jnp.asarray(np.broadcast_to(x, (n,)))
         return Telemetry(**out)
+
+
+def esper_event_dict(event) -> dict:
+    """An Esper ``TelemetryEvent`` (or anything with its attributes) as the dict Nissa's
+    ``FileOutput`` writes: ``event_type`` by name, ``timestamp`` in ISO-8601, ``data``
+    through its ``to_dict()`` (else ``dataclasses.asdict``). A dict passes through."""
+    import dataclasses
+
+    if isinstance(event, dict):
+        return event
+    etype = event.event_type
+    data = event.data
+    if data is not None and dataclasses.is_dataclass(data) and not isinstance(data, type):
+        data = data.to_dict() if callable(getattr(data, "to_dict", None)) else (
+            dataclasses.asdict(data))
+    ts = event.timestamp
+    return {
+        "event_id": getattr(event, "event_id", None),
+        "event_type": getattr(etype, "name", etype),
+        "timestamp": ts.isoformat() if hasattr(ts, "isoformat") else ts,
+        "seed_id": getattr(event, "seed_id", None),
+        "slot_id": getattr(event, "slot_id", None),
+        "epoch": getattr(event, "epoch", None),
+        "group_id": getattr(event, "group_id", None),
+        "message": getattr(event, "message", ""),
+        "data": data,
+        "severity": getattr(event, "severity", "info"),
+    }
+
+
+class NarsetNissaBackend:
+    """A Nissa output backend (``start``, ``emit``, ``close``) that runs Narset live:
+    ``hub.add_backend(NarsetNissaBackend(online, on_decision))``.
+
+    Each event goes through [`narset_jax.online.OnlineNarset.feed_esper`][];
+    ``on_decision(window, decision)`` is called for every window decided (also for the
+    last ones, on ``close``). ``online`` comes from
+    [`narset_jax.online.OnlineNarset.for_esper`][], built with ``strict=False`` so that a
+    malformed event is counted rather than raised in Nissa's worker thread.
+    """
+
+    def __init__(self, online: OnlineNarset, on_decision=None):
+        if online.esper is None:
+            raise TypeError("NarsetNissaBackend needs an OnlineNarset made by for_esper")
+        self.online = online
+        self.on_decision = on_decision
+        self.decided = 0
+
+    def start(self) -> None:
+        """Nothing to start."""
+
+    def emit(self, event) -> None:
+        self._deliver(self.online.feed_esper(esper_event_dict(event)))
+
+    def close(self) -> None:
+        """Decide the windows still open."""
+        self._deliver(self.online.finish_esper())
+
+    def _deliver(self, decided) -> None:
+        for w, decision in decided:
+            self.decided += 1
+            if self.on_decision is not None:
+                self.on_decision(w, decision)

@@ -202,3 +202,98 @@ def test_example_script_runs(capsys):
     row = next(line for line in lines if line.split()[0] == "39").split()
     assert row[1:4] == ["1.00", "/", "0.00"]
     assert "per window" in lines[-1]
+
+
+# ---- Esper's own telemetry, one event at a time ----------------------------------------
+
+
+def _esper_run(tmp_path):
+    from narset_jax.testing import esper_events, write_esper_log
+
+    events = esper_events()
+    return events, write_esper_log(tmp_path, events)
+
+
+def test_feed_esper_matches_decide_bit_for_bit(tmp_path):
+    """Fed one event at a time, the online API builds the windows ``narset decide`` builds
+    from the file, and its decisions are the decision log's, bit for bit."""
+    from narset_jax.decide import run_decide
+    from narset_jax.decision_log import read_decision_log
+    from narset_jax.ingest.esper import scan_esper
+    from narset_jax.ingest.esper_coverage import carried_inputs, loss_source
+
+    events, path = _esper_run(tmp_path)
+    scan = scan_esper([str(path)])
+    online = OnlineNarset.for_esper(
+        nj.NarsetParams(), n_envs=4, carried=carried_inputs(scan.codes, scan.types),
+        loss_from=loss_source(scan.codes))
+    decided = []
+    for event in events:  # dicts, as Nissa's FileOutput writes them
+        decided += online.feed_esper(event)
+    decided += online.finish_esper()
+    assert [w for w, _ in decided] == list(range(24))
+    run_decide(path, out=tmp_path / "log", progress=False)
+    table = read_decision_log(tmp_path / "log").read_table()
+    for name in ("x_T", "x_E", "mode", "tier_E", "loss", "rollbacks", "anomalies", "valid"):
+        got = np.stack([np.asarray(d.columns()[name]) for _, d in decided])
+        want = table.column(name).to_numpy(zero_copy_only=False).reshape(24, 4)
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    assert online.esper_report.coverage["inputs"]["rollbacks"]["sources"] == {
+        "GOVERNOR_ROLLBACK": 5}
+
+
+def test_nissa_backend_runs_narset_live(tmp_path):
+    """A Nissa output backend fed ``TelemetryEvent``-like objects (an enum event type, a
+    datetime, a dataclass payload), as a live Esper run's hub would."""
+    import dataclasses
+    import datetime as dt
+    import enum
+
+    from narset_jax.online import NarsetNissaBackend, esper_event_dict
+
+    events, _path = _esper_run(tmp_path)
+    kinds = enum.Enum("TelemetryEventType", sorted({e["event_type"] for e in events}))
+
+    @dataclasses.dataclass
+    class Payload:
+        fields: dict
+
+        def to_dict(self):
+            return self.fields
+
+    @dataclasses.dataclass
+    class TelemetryEvent:
+        event_type: object
+        timestamp: dt.datetime
+        data: object
+        epoch: int | None = None
+        slot_id: str | None = None
+        seed_id: str | None = None
+        group_id: str = "default"
+        message: str = ""
+        severity: str = "info"
+
+    seen = []
+    online = OnlineNarset.for_esper(nj.NarsetParams(), n_envs=4, strict=False)
+    backend = NarsetNissaBackend(online, lambda w, d: seen.append((w, int(d.mode[2]))))
+    backend.start()
+    for e in events:
+        obj = TelemetryEvent(kinds[e["event_type"]], dt.datetime.fromisoformat(e["timestamp"]),
+                             Payload(e["data"]), e["epoch"], e["slot_id"])
+        assert esper_event_dict(obj)["event_type"] == e["event_type"]
+        backend.emit(obj)
+    backend.close()
+    assert [w for w, _ in seen] == list(range(24)) and backend.decided == 24
+    assert any(m for w, m in seen if w >= 16) and not any(m for w, m in seen if w < 16)
+
+
+def test_feed_esper_bad_events():
+    online = OnlineNarset.for_esper(nj.NarsetParams(), n_envs=2, epochs_per_batch=3)
+    with pytest.raises(IngestError, match=r"event: index 0: missing field: an Esper event "):
+        online.feed_esper({"timestamp": "2026-01-01T00:00:00+00:00"})
+    lenient = OnlineNarset.for_esper(nj.NarsetParams(), n_envs=2, epochs_per_batch=3,
+                                     strict=False)
+    assert lenient.feed_esper('{"event_type": "EPOCH_COMPLETED", "timestamp": 3}') == []
+    assert lenient.esper_report.bad_by_reason["wrong_type"] == 1
+    with pytest.raises(TypeError, match="for_esper"):
+        OnlineNarset(nj.NarsetParams(), 2).feed_esper({})

@@ -1,15 +1,19 @@
 """``narset decide``: run Narset on a real run's telemetry and write the decision log.
 
     narset decide --events FILE [--params FILE] [--on-error stop|skip] --out DIR [--json PATH]
-                  [--force] [--sign-key FILE]
+                  [--force] [--sign-key FILE] [--format auto|esper] [--region env|env,slot]
+                  [--window-seconds S] [--emit esper FILE]
 
-The input (a JSONL event log, gzipped or not, or a Parquet table; ``docs/telemetry.md``) is
+The input (a JSONL event log, gzipped or not, a Parquet table, or Esper's own telemetry: a
+file, a ``telemetry_*`` directory or a directory of them; ``docs/telemetry.md``) is
 streamed into windows, each window goes through the jitted controller step, and every
 ``--chunk-windows`` windows of decisions become one part of the decision log written by
 ``narset_jax.decision_log``: the same log and manifest as ``narset simulate``, so ``narset
 replay DIR`` verifies it. ``DIR/summary.json`` (and ``--json PATH``) holds the ingest report:
-lines, events, bad lines by reason, unknown regions, out-of-range values, windows. The job
-is [`narset_jax.decide.run_decide`][].
+lines, events, bad lines by reason, unknown regions, out-of-range values, windows; for
+Esper telemetry also the coverage of the twelve inputs, printed on stderr too. ``--emit
+esper FILE`` writes every decision back as an Esper event. The job is
+[`narset_jax.decide.run_decide`][].
 
 ``DIR`` is locked for the run, and the new log replaces an old one only once complete (bad
 input found halfway leaves the old log as it was); a ``DIR`` holding other files is
@@ -24,6 +28,7 @@ import argparse
 import sys
 
 from narset_jax.cli.simulate import count
+from narset_jax.errors import UserError
 
 HELP = "run Narset on real training telemetry (JSONL event log or Parquet) and log decisions"
 
@@ -38,7 +43,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--events",
         required=True,
         metavar="FILE",
-        help="JSONL event log (.jsonl, .jsonl.gz; '-' for stdin) or Parquet table",
+        help="JSONL event log (.jsonl, .jsonl.gz; '-' for stdin) or Parquet table, or "
+        "Esper telemetry (events.jsonl, a telemetry_* directory or a directory of them)",
     )
     p.add_argument("--params", metavar="FILE", help="NarsetParams TOML (default: defaults)")
     p.add_argument(
@@ -89,6 +95,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--dtype", choices=("float32", "float64"), default="float32", help="default: float32"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--format",
+        choices=("auto", "esper"),
+        default="auto",
+        help="auto (default): Parquet, Esper's own telemetry (a directory, or lines with "
+        "event_type/timestamp) or the JSONL event schema; esper: Esper's telemetry",
+    )
+    p.add_argument(
+        "--region",
+        choices=("env", "env,slot"),
+        default="env",
+        help="Esper input: one region per env (default) or per env and slot",
+    )
+    p.add_argument(
+        "--window-seconds",
+        type=float,
+        metavar="S",
+        help="Esper input without inner epochs or batch boundaries: windows of S seconds",
+    )
+    p.add_argument(
+        "--emit",
+        nargs=2,
+        metavar=("FORMAT", "FILE"),
+        help="also write each decision to FILE as an event: FORMAT esper (Esper's envelope, "
+        "event_type NARSET_ALLOCATION; Esper input only)",
+    )
     p.set_defaults(run=run)
     return p
 
@@ -100,6 +132,12 @@ def run(args) -> int:
     from narset_jax.decision_log import check_json_path, load_key, sigterm_as_interrupt
 
     check_json_path(args.json, args.out)
+    emit = None
+    if args.emit:
+        fmt, emit = args.emit
+        if fmt != "esper":
+            raise UserError(f"--emit: unknown format {fmt!r} (known: esper)")
+        check_emit_path(emit, args.out)
     sign_key = load_key(args.sign_key) if args.sign_key else None
     try:
         with sigterm_as_interrupt():
@@ -117,6 +155,10 @@ def run(args) -> int:
                 progress=not args.no_progress,
                 force=args.force,
                 sign_key=sign_key,
+                format=args.format,
+                region=args.region,
+                window_seconds=args.window_seconds,
+                emit_esper=emit,
             )
     except KeyboardInterrupt as err:
         return interrupted("decide", err)
@@ -131,4 +173,25 @@ def run(args) -> int:
         f"{report['events']} events{skipped}{dropped} -> {args.out}",
         file=sys.stderr,
     )
+    if "coverage" in summary:
+        from narset_jax.ingest.esper_coverage import format_coverage
+
+        for line in format_coverage(summary["coverage"]):
+            print(f"narset decide: {line}", file=sys.stderr)
+    if "emit" in summary:
+        print(f"narset decide: {summary['emit']['events']} decisions as Esper events -> "
+              f"{summary['emit']['file']}", file=sys.stderr)
     return 0
+
+
+def check_emit_path(path: str, out: str) -> None:
+    """Refuse an ``--emit`` file inside the output directory (it would be replaced with
+    the directory) or equal to it."""
+    import os
+
+    p, o = os.path.abspath(path), os.path.abspath(out)
+    if os.path.isdir(p):
+        raise UserError(f"--emit {path}: is a directory (--emit names a file)")
+    if p == o or p.startswith(o.rstrip(os.sep) + os.sep):
+        raise UserError(f"--emit {path}: must not be inside --out {out} (the directory is "
+                        "replaced as a whole)")

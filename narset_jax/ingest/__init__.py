@@ -40,7 +40,10 @@ the windows closed before it have already been yielded.
 Modules: ``schema`` (event kinds, reasons, one event's parsing, the error and the report),
 ``accumulate`` (one window's aggregates, carried levels, the missing-window fill),
 ``stream`` (the lag/late/gap window stream), ``jsonl`` and ``parquet`` (the two readers);
-this module opens a file and picks the reader.
+Esper's own telemetry: ``esper_schema`` (its envelope and event types), ``esper_stream``
+(regions and windows), ``esper_coverage`` (which inputs a log carries; the coverage
+report) and ``esper`` (files and directories; the online feed). This module opens a file
+and picks the reader.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import numpy as np
 
 from narset_jax.errors import UserError
 from narset_jax.ingest.accumulate import MISSING_FILL, LevelCarry, WindowAccumulator
+from narset_jax.ingest.esper import EsperFeed, EsperReport, looks_like_esper, open_esper_windows
 from narset_jax.ingest.jsonl import GZIP_ERRORS, jsonl_windows, open_binary
 from narset_jax.ingest.parquet import check_parquet_columns, parquet_n_regions, parquet_windows
 from narset_jax.ingest.schema import (
@@ -82,6 +86,9 @@ from narset_jax.ingest.stream import EventWindows, WindowStream
 __all__ = [
     "ANOMALIES",
     "EVENT_KINDS",
+    "FORMATS",
+    "EsperFeed",
+    "EsperReport",
     "MAX_REGIONS",
     "MISSING_FILL",
     "OPS",
@@ -102,6 +109,10 @@ __all__ = [
 # Largest number of regions inferred from a file without ``n_regions`` (DESIGN.md §1's top
 # of range); a larger region id is almost surely a typo that would allocate gigabytes.
 MAX_REGIONS = 10_000_000
+
+# ``open_windows(format=...)``: ``"auto"`` detects the format; ``"esper"`` reads Esper's own
+# telemetry (``narset_jax.ingest.esper``).
+FORMATS = ("auto", "esper")
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -159,8 +170,13 @@ def open_windows(
     progress: bool = False,
     batch_rows: int = 65_536,
     dtype="float32",
+    format: str = "auto",
+    region: str = "env",
+    window_seconds: float | None = None,
+    params=None,
 ) -> EventWindows:
-    """Open a JSONL event log (optionally gzipped) or a Parquet table as a window stream.
+    """Open a JSONL event log (optionally gzipped), a Parquet table or Esper's own
+    telemetry as a window stream.
 
     **Arguments:**
 
@@ -185,6 +201,13 @@ def open_windows(
       out of range (the JSONL event is dropped; a Parquet cell, or a window's
       ``alpha_shock`` sum, is clipped to it), so the cast never overflows.
       [`narset_jax.ingest.EventWindows.chunks`][] sets it to its own ``dtype``.
+    - ``format``: ``"auto"`` (Parquet by its magic bytes; Esper telemetry, a directory or a
+      file whose first line is an Esper event envelope, by ``narset_jax.ingest.esper``;
+      else the JSONL schema above) or ``"esper"``.
+    - ``region``, ``window_seconds``, ``params``: Esper telemetry only (regions ``"env"``
+      or ``"env,slot"``; the window span of a log without epochs or batch boundaries;
+      the params whose neutral values stand in for inputs the log never carries). For
+      Esper telemetry ``n_regions`` is the number of envs.
 
     **Returns:** an [`narset_jax.ingest.EventWindows`][]; its ``report`` is complete once it
     has been iterated to the end.
@@ -203,7 +226,12 @@ def open_windows(
         raise UserError(f"n_regions must be a positive integer, got {n_regions!r}")
     if first_window is not None and (not isinstance(first_window, int) or first_window < 0):
         raise UserError(f"first_window must be a non-negative integer, got {first_window!r}")
+    if format not in FORMATS:
+        raise UserError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     source = os.fspath(path)
+    if format == "esper" or (format == "auto" and source != "-" and os.path.isdir(source)):
+        return _open_esper(source, n_regions, lag, on_error, max_gap, first_window, progress,
+                           dtype, region, window_seconds, params)
     if source == "-":
         if n_regions is None:
             raise UserError("reading events from stdin needs the number of regions (--regions)")
@@ -212,6 +240,9 @@ def open_windows(
         if not os.path.isfile(source):
             raise UserError(f"{source}: no such file")
         fmt = detect_format(source)
+        if format == "auto" and fmt != "parquet" and looks_like_esper(source):
+            return _open_esper(source, n_regions, lag, on_error, max_gap, first_window,
+                               progress, dtype, region, window_seconds, params)
     try:
         dtype = np.dtype(dtype)
     except TypeError:
@@ -268,6 +299,22 @@ def open_windows(
     gen = jsonl_windows(fh, stream, on_error, update)
     return EventWindows(
         _closing(gen, bar, raw if source != "-" else None), n_regions, report, stream
+    )
+
+
+def _open_esper(source, n_regions, lag, on_error, max_gap, first_window, progress, dtype,
+                region, window_seconds, params) -> EventWindows:
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise UserError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dtype not in (np.float32, np.float64):
+        raise UserError(f"dtype must be float32 or float64, got {dtype}")
+    bar = (lambda total: _bar(True, total, "B", source)) if progress else None
+    return open_esper_windows(
+        source, n_regions=n_regions, lag=lag, on_error=on_error, max_gap=max_gap,
+        first_window=first_window, progress=bar, dtype=dtype, region=region,
+        window_seconds=window_seconds, params=params,
     )
 
 
