@@ -26,6 +26,7 @@ import sims
 from narset_jax.errors import UserError
 from narset_jax.params import NarsetParams
 from sims import phase
+from sims.ecologies import ECOLOGIES, load_params
 from sims.phase import (
     AXES,
     CHUNK_REGIONS,
@@ -86,6 +87,20 @@ def check_phase_memory(x: Axis, y: Axis, *, regions: int, seeds: int, chunks: in
         f"a {nx} x {ny} grid x {seeds} seeds x {regions} regions ({cells} cells per call)",
         available=available,
     )
+
+
+def _check_ecology(ecology: str, axes) -> None:
+    """A one-line ``UserError`` for an unknown ecology, or for a scenario axis (a field of
+    the stylised scenario) on another ecology, naming the valid axes."""
+    if ecology not in ECOLOGIES:
+        raise UserError(f"unknown --ecology {ecology!r}; valid: {', '.join(ECOLOGIES)}")
+    if ecology == "stylised":
+        return
+    for axis in axes:
+        if axis.info.target != "params":
+            valid = ", ".join(n for n, info in AXES.items() if info.target == "params")
+            raise UserError(f"axis {axis.name!r} is a field of the stylised scenario; the "
+                            f"{ecology} ecology takes params axes only: {valid}")
 
 
 def _overrides(items, params, axes):
@@ -168,6 +183,7 @@ def run_phase(
     overrides: Sequence[str] = (),
     compare: Sequence[str] = (),
     controller: str = "narset",
+    ecology: str = "stylised",
     chunks: int | None = None,
     flap_ref: float = FLAP_REF,
     churn_ref: float = CHURN_REF,
@@ -183,8 +199,11 @@ def run_phase(
     - ``x``, ``y``: the axes as ``NAME:LO:HI:N`` (see [`sims.phase.Axis.parse`][]).
     - ``out``: the directory of ``<name>.json`` and ``<name>.csv``; ``figures``: the
       directory of ``<name>.png`` and ``<name>.svg`` (default: ``out``).
-    - ``scenario``: a shipped scenario name or a scenario ``.toml``; its recommended params
-      are the base params.
+    - ``ecology``: one of [`sims.ECOLOGIES`][] (default ``stylised``). Another ecology takes
+      the params axes only (the scenario axes are the stylised scenario's fields); it is
+      recorded in the grid's config and the summary.
+    - ``scenario``: a shipped scenario name of the ecology or a scenario ``.toml``; its
+      recommended params are the base params.
     - ``regions``, ``steps``, ``seeds``, ``seed``, ``controller``, ``chunks``,
       ``flap_ref``, ``churn_ref``: as in [`sims.phase.phase_grid`][].
     - ``params_file``: tuned params (TOML) to mark on the diagram.
@@ -214,9 +233,10 @@ def run_phase(
         raise UserError(
             f"unknown --controller {controller!r}; valid: {', '.join(sims.CONTROLLERS)}"
         )
+    _check_ecology(ecology, (x, y))
     check_phase_memory(x, y, regions=regions, seeds=seeds, chunks=chunks,
                        itemsize=8 if float64 else 4, grids=1 + len(compare))
-    scen = sims.load_scenario(scenario)
+    scen = load_params(ecology, scenario)
     defaults = scen.recommended_params(NarsetParams())
     params, changes = _overrides(overrides, defaults, (x, y))
     variants = [(text, *_variant(text, params, (x, y))) for text in compare]
@@ -263,7 +283,7 @@ def run_phase(
             return phase.phase_grid(
                 x, y, scenario=scen, params=p, n_regions=regions,
                 n_steps=steps, n_seeds=seeds, seed=seed,
-                controller=controller, dtype=dtype, chunks=chunks,
+                controller=controller, ecology=ecology, dtype=dtype, chunks=chunks,
                 flap_ref=flap_ref, churn_ref=churn_ref, on_progress=on_progress,
             )
         finally:
@@ -281,6 +301,8 @@ def run_phase(
     data["markers"] = markers
     data["config"]["scenario_name"] = scen.name
     data["config"]["overrides"] = changes
+    if ecology != "stylised":  # the default's files stay as they always were
+        data["config"]["ecology"] = ecology
     data["variants"] = [
         {"label": text, "overrides": extra, "thrash": g.to_dict()["metrics"]["thrash"]}
         for text, extra, g in compared
@@ -320,5 +342,7 @@ def run_phase(
         "outputs": {"json": str(json_path), "csv": str(csv_path),
                     "png": str(images[0]), "svg": str(images[1])},
     }
+    if ecology != "stylised":
+        summary["ecology"] = ecology
     return PhaseRun(summary=summary, paths=[json_path, csv_path, *images], grid=grid,
                     compared=compared)

@@ -64,7 +64,8 @@ def default_chunk(n_regions: int, n_steps: int, chunk: int | None = None) -> int
 
 def resolve_params(params_file: str | None, scenario, budget: str | None):
     """Params from the file (or defaults), with the budget mode from ``--budget``, else
-    the file, else the scenario's recommendation."""
+    the file, else the scenario's recommendation (``scenario.recommended_params``: any
+    ecology's params)."""
     import tomllib
 
     from narset_jax.params import NarsetParams
@@ -77,8 +78,8 @@ def resolve_params(params_file: str | None, scenario, budget: str | None):
         params, in_file = NarsetParams(), False
     if budget is not None:
         return params.replace(budget=budget)
-    if not in_file and scenario.budget is not None:
-        return params.replace(budget=scenario.budget)
+    if not in_file:
+        return scenario.recommended_params(params)
     return params
 
 
@@ -138,11 +139,19 @@ def simulate(
 
     ``controller``: a [`sims.Controller`][] or its name; ``ecology``: an
     [`sims.Ecology`][] or its name (default: the stylised one), whose params ``scenario``
-    is."""
+    is (see [`sims.ecologies.load_params`][]). A run of another ecology records it in the
+    manifest config (``ecology``, and its ``manifest_entries``: for the neural one the
+    dataset's hash, generator arguments and mnist1d version) and in the summary."""
     from narset_jax.decision_log import OutputDir
 
     main = setup is None or setup.is_main
     n_processes = 1 if setup is None else setup.num_processes
+    eco = get_ecology(ecology)
+    if setup is not None and len(setup.devices) > 1 and not eco.shardable:
+        from narset_jax.errors import UserError
+
+        raise UserError(f"the {eco.name} ecology runs on one device only (its state is not "
+                        "split by the sharded rollout); use --devices 1")
     check_memory(n_regions, dtype, chunk, n_processes)
     od = OutputDir(out, force=force) if main else None
     with od if od is not None else contextlib.nullcontext():
@@ -195,6 +204,10 @@ def _run(params, scenario, *, n_regions, n_steps, seed, stage, controller, ecolo
         "devices": n_devices,
         "processes": n_processes,
     }
+    if eco.name != "stylised":
+        # The default ecology's manifest is left as it always was (the goldens hold it).
+        config["ecology"] = eco.name
+        config.update(eco.manifest_entries(scenario))
     bar = tqdm(total=n_steps, unit="window", desc=f"simulate {scenario.name}",
                disable=not (progress and main), file=sys.stderr, leave=False)
     buffer: list = []
@@ -271,6 +284,8 @@ def _run(params, scenario, *, n_regions, n_steps, seed, stage, controller, ecolo
         "region_windows_per_second": n_regions * n_steps / wall,
         "outputs": outputs,
     }
+    if eco.name != "stylised":
+        summary["ecology"] = eco.name
     if plots_error is not None:
         summary["plots_error"] = plots_error
     if main:

@@ -25,6 +25,7 @@ from narset_jax.errors import UserError
 __all__ = [
     "SweepError",
     "SweepRow",
+    "check_sweep_ecology",
     "check_sweep_memory",
     "machine",
     "parse_sizes",
@@ -43,7 +44,8 @@ class SweepRow:
     """One (device count, size) point of a sweep.
 
     **Fields:** ``n_regions``, ``devices`` (total, all processes), ``steps`` (windows per
-    timed call), ``budget``, ``path`` (``"shard_map"`` or ``"gspmd"``), ``compile_s``
+    timed call), ``budget``, ``path`` (``"shard_map"``, ``"gspmd"``, or ``"jit"``: one
+    device, unsharded, for an ecology that is not ``shardable``), ``compile_s``
     (trace, lower and compile the chunk), ``seconds`` (median of the timed runs), ``times``
     (every timed run), ``throughput`` (region-windows per second, ``N * T / seconds``),
     ``bytes_per_device`` (XLA's argument + output + temporary bytes of the chunk, minus
@@ -110,6 +112,16 @@ def check_sweep_memory(sizes: Sequence[int], dtype="float32", processes: int = 1
     what = f"--regions {n}" + (f" over {processes} processes" if processes > 1 else "")
     needed = closed_loop_bytes(per_process, itemsize=np.dtype(dtype).itemsize)
     check_fits(needed, what, available=available)
+
+
+def check_sweep_ecology(ecology, device_counts: Sequence[int], processes: int = 1) -> None:
+    """Refuse (one line) an ecology that is not ``shardable`` on more than one device."""
+    from sims.ecologies import get_ecology
+
+    eco = get_ecology(ecology)
+    if not eco.shardable and (processes > 1 or any(d != 1 for d in device_counts)):
+        raise SweepError(f"the {eco.name} ecology runs on one device only (its state is not "
+                         "split by the sharded rollout); use --devices 1")
 
 
 def machine() -> dict:
@@ -196,7 +208,7 @@ def run_sweep(
     - ``steps``: windows per timed call (one ``lax.scan``).
     - ``device_counts``: devices per process for each mesh (the device-count axis).
     - ``budget``: ``"region"``, ``"global"`` or ``"fixed_sum"`` (replaces ``params.budget``).
-    - ``scenario``: a ``sims`` scenario name, path or object.
+    - ``scenario``: a scenario name, path or params object of the ecology.
     - ``params``: [`narset_jax.NarsetParams`][] (default ``NarsetParams()``).
     - ``dtype``: ``"float32"`` or ``"float64"``.
     - ``repeats``, ``warmup``: timed and untimed runs after compilation.
@@ -215,7 +227,6 @@ def run_sweep(
     from narset_jax.params import NarsetParams
     from narset_jax.sharding import collectives, region_mesh
     from sims.ecologies import get_ecology
-    from sims.scenario import load_scenario
     from sims.sharding import ShardedRollout
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
@@ -223,10 +234,11 @@ def run_sweep(
     if repeats < 1 or warmup < 0:
         raise SweepError("--repeats must be >= 1 and --warmup >= 0")
     check_sweep_memory(sizes, dtype, jax.process_count())
+    eco = get_ecology(ecology)
+    check_sweep_ecology(eco, device_counts, jax.process_count())
     params = NarsetParams() if params is None else params
     params = params.replace(budget=budget)
-    sc = load_scenario(scenario)
-    eco = get_ecology(ecology)
+    sc = eco.load_scenario(scenario)
     dt = jnp.dtype(dtype)
     key = jax.random.key(seed)
     rows: list[SweepRow] = []
@@ -235,7 +247,11 @@ def run_sweep(
     for d, n in bar:
         bar.set_postfix_str(f"D={d} N={n:.0e}")
         mesh = region_mesh(d)
-        runner = ShardedRollout(params, n, mesh, controller=controller, ecology=eco, dtype=dt)
+        if eco.shardable:
+            runner = ShardedRollout(params, n, mesh, controller=controller, ecology=eco,
+                                    dtype=dt)
+        else:
+            runner = _OneDevice(n, controller=controller, ecology=eco, dtype=dt)
         carry = jax.block_until_ready(runner.init(params, sc, key))
         t0 = time.perf_counter()
         compiled = runner.lower_chunk(params, sc, carry, steps, donate=True).compile()
@@ -281,6 +297,37 @@ def run_sweep(
     return rows
 
 
+class _OneDevice:
+    """An unsharded stand-in for [`sims.sharding.ShardedRollout`][] on one device, for an
+    ecology that is not ``shardable``: plain ``jit`` of the rollout's init and chunk."""
+
+    path = "jit"
+
+    def __init__(self, n_regions, *, controller, ecology, dtype):
+        self.n_regions, self.controller, self.ecology, self.dtype = (
+            n_regions, controller, ecology, dtype)
+
+    def init(self, params, scenario, key):
+        import jax
+
+        from sims.rollout import rollout_init
+
+        fn = lambda p, s, k: rollout_init(  # noqa: E731
+            p, s, k, self.n_regions, dtype=self.dtype.type, controller=self.controller,
+            ecology=self.ecology)
+        return jax.jit(fn)(params, self.ecology.prepare(scenario), key)
+
+    def lower_chunk(self, params, scenario, carry, n_steps, *, donate=False):
+        import jax
+
+        from sims.rollout import rollout_chunk
+
+        fn = lambda p, s, c: rollout_chunk(  # noqa: E731
+            p, s, c, n_steps, controller=self.controller, ecology=self.ecology)
+        return jax.jit(fn, donate_argnums=(2,) if donate else ()).lower(
+            params, self.ecology.prepare(scenario), carry)
+
+
 def summarise(rows: Sequence[SweepRow]) -> dict:
     """Scaling figures per device count: throughput by size and, where both ends were
     measured, the time ratio from the smallest size ``>= 1e4`` to the largest over the
@@ -313,12 +360,13 @@ def rows_as_dicts(rows: Sequence[SweepRow]) -> list[dict]:
 
 def sweep_document(rows: Sequence[SweepRow], *, command: str, sizes, steps: int, budget: str,
                    scenario: str, dtype: str, repeats: int, warmup: int, device_counts,
-                   processes: int) -> dict:
+                   processes: int, ecology: str = "stylised") -> dict:
     """The JSON document of a sweep (``narset sweep --json``): the command that reproduces
-    it, the machine, the settings, every row, the summary and a plot title."""
+    it, the machine, the settings (``ecology`` only when it is not the default stylised
+    one), every row, the summary and a plot title."""
     import jax
 
-    return {
+    doc = {
         "command": command,
         "machine": machine(),
         "config": {
@@ -340,3 +388,7 @@ def sweep_document(rows: Sequence[SweepRow], *, command: str, sizes, steps: int,
             f"{jax.default_backend()} ({machine()['device_kind']})"
         ),
     }
+    if ecology != "stylised":
+        doc["config"]["ecology"] = ecology
+        doc["title"] = doc["title"].replace("narset sweep: ", f"narset sweep: {ecology}, ", 1)
+    return doc

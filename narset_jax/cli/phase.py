@@ -7,7 +7,8 @@ Writes ``<out>/<name>.json`` and ``<out>/<name>.csv`` (the grid: mean and s.d. o
 every metric per cell) and ``<name>.png`` / ``<name>.svg`` (the heatmaps; in ``--figures``
 if given, else in ``<out>``). ``--set`` changes the base params of the grid; each
 ``--compare`` reruns the grid with further changes (the same compiled program) and adds its
-thrash boundary to the figure and its thrash grid to the JSON. The job is
+thrash boundary to the figure and its thrash grid to the JSON. ``--ecology neural`` runs the
+neural ecology's scenarios, on the params axes only. The job is
 [`sims.phase_job.run_phase`][]; see ``docs/phase.md``.
 """
 
@@ -18,6 +19,8 @@ import sys
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from narset_jax.cli.simulate import add_ecology_arg
+    from sims.ecologies import ECOLOGIES
     from sims.phase import AXIS_NAMES, CHURN_REF, FLAP_REF
 
     p = subparsers.add_parser(
@@ -32,8 +35,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--x", required=True, metavar="NAME:LO:HI:N",
                    help="x axis, e.g. beta:0.02:1:40 (N >= 2 values from LO to HI)")
     p.add_argument("--y", required=True, metavar="NAME:LO:HI:N", help="y axis, e.g. gap:0:0.5:40")
+    add_ecology_arg(p, ECOLOGIES)
     p.add_argument("--scenario", default="steady",
-                   help="shipped scenario name or a scenario .toml (default: steady)")
+                   help="shipped scenario name of the ecology or a scenario .toml "
+                   "(default: steady)")
     p.add_argument("--regions", type=int, default=256, help="regions R per cell (default 256)")
     p.add_argument("--steps", type=int, default=150, help="windows T per cell (default 150)")
     p.add_argument("--seeds", type=int, default=2, help="seeds S per cell (default 2)")
@@ -72,8 +77,8 @@ def run(args) -> int:
         args.x, args.y, out=args.out, name=args.name, figures=args.figures,
         scenario=args.scenario, regions=args.regions, steps=args.steps, seeds=args.seeds,
         seed=args.seed, params_file=args.params, overrides=args.set, compare=args.compare,
-        controller=args.controller, chunks=args.chunks, flap_ref=args.flap_ref,
-        churn_ref=args.churn_ref, float64=args.float64,
+        controller=args.controller, ecology=args.ecology, chunks=args.chunks,
+        flap_ref=args.flap_ref, churn_ref=args.churn_ref, float64=args.float64,
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
     )
     summary = result.summary

@@ -1,6 +1,6 @@
 """``narset simulate``: run a controller on a simulated ecology and write its decision log.
 
-    narset simulate --scenario NAME --regions N --steps T --seed S --out DIR
+    narset simulate [--ecology E] --scenario NAME --regions N --steps T --seed S --out DIR
                     [--params FILE] [--controller C] [--budget B] [--json PATH]
                     [--force] [--sign-key FILE]
                     [--devices D] [--coordinator HOST:PORT --num-processes P --process-id I]
@@ -9,6 +9,12 @@ Writes to ``DIR``: the decision log (``decisions/part-*.parquet``, one row per r
 window, and ``manifest.json``, written last; see ``narset_jax.decision_log``),
 ``summary.json`` (the run's metrics and objective, ``docs/simulator.md``), and figures in
 ``DIR/plots``. ``narset replay DIR`` re-runs the logged decisions bit for bit.
+
+``--ecology`` picks what the controller acts on (``stylised``, the default, or
+``neural``); ``--scenario`` then names one of that ecology's scenarios (or a TOML file). The
+manifest of a non-default ecology's run records it (and, for ``neural``, the dataset's
+SHA-256, generator arguments and mnist1d version); replay needs nothing more, since it
+re-runs only the controller on the logged inputs.
 
 ``DIR`` is locked for the run (a second writer is refused, naming the first's PID); the
 output is staged beside it and replaces an old one only once complete; a ``DIR`` holding
@@ -33,6 +39,7 @@ HELP = "simulate an ecology of regions under a controller and write the decision
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from sims.controllers import CONTROLLERS
+    from sims.ecologies import ECOLOGIES
     from sims.scenario import SCENARIOS
 
     p = subparsers.add_parser(
@@ -41,8 +48,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=HELP + ". Scenarios: " + ", ".join(SCENARIOS) + " (or a .toml file).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    add_ecology_arg(p, ECOLOGIES)
     p.add_argument("--scenario", default="steady", metavar="NAME",
-                   help="a shipped scenario name or a scenario TOML file")
+                   help="a shipped scenario name of the ecology or a scenario TOML file")
     p.add_argument("--regions", type=count, default=1000, metavar="N",
                    help="number of regions (an integer; 1e6 style accepted)")
     p.add_argument("--steps", type=int, default=150, metavar="T", help="decision windows")
@@ -72,6 +80,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_device_args(p)
     p.set_defaults(run=run)
     return p
+
+
+def add_ecology_arg(p: argparse.ArgumentParser, ecologies) -> None:
+    """``--ecology NAME`` (checked by [`check_ecology`][], so a bad name is one line)."""
+    p.add_argument("--ecology", default="stylised", metavar="{" + ",".join(ecologies) + "}",
+                   help="the ecology the controller acts on; --scenario names one of its "
+                        "scenarios")
+
+
+def check_ecology(name: str) -> str:
+    """``name`` if it is an ecology, else a one-line ``UserError`` naming the valid ones."""
+    from narset_jax.errors import UserError
+    from sims.ecologies import ECOLOGIES
+
+    if name not in ECOLOGIES:
+        raise UserError(f"unknown --ecology {name!r}; valid: {', '.join(ECOLOGIES)}")
+    return name
 
 
 def count(text: str) -> int:
@@ -114,6 +139,7 @@ def _positive(name: str, value: int) -> int:
 def run(args) -> int:
     from narset_jax.errors import UserError
 
+    ecology = check_ecology(args.ecology)
     n = _positive("--regions", args.regions)
     steps = _positive("--steps", args.steps)
     if args.chunk is not None:
@@ -139,10 +165,10 @@ def run(args) -> int:
 
         jax.config.update("jax_enable_x64", True)  # else JAX silently computes in float32
 
-    from sims.scenario import load_scenario
+    from sims.ecologies import load_params
     from sims.simulate import default_chunk, resolve_params, simulate
 
-    scenario = load_scenario(args.scenario)
+    scenario = load_params(ecology, args.scenario)
     params = resolve_params(args.params, scenario, args.budget)
     try:
         with sigterm_as_interrupt():
@@ -154,6 +180,7 @@ def run(args) -> int:
                 seed=args.seed,
                 out=out,
                 controller=args.controller,
+                ecology=ecology,
                 dtype=args.dtype,
                 chunk=default_chunk(n, steps, args.chunk),
                 sample_regions=args.sample_regions,
@@ -173,11 +200,13 @@ def run(args) -> int:
     if args.json:
         write_json(args.json, summary)
     m = summary["metrics"]
+    eco_label = "" if ecology == "stylised" else f"{ecology} "
     where = f" on {summary['devices']} devices" if summary["devices"] > 1 else ""
     if summary["processes"] > 1:
         where += f", {summary['processes']} processes"
     print(
-        f"narset simulate: {scenario.name}, {args.controller}, {n} regions x {steps} windows"
+        f"narset simulate: {eco_label}{scenario.name}, {args.controller}, {n} regions x "
+        f"{steps} windows"
         f"{where} in {summary['wall_seconds']:.1f} s; objective {summary['objective']:.3f} "
         f"(progress {m['progress']:.3f}, flap {m['flap_rate']:.2f}, "
         f"rollbacks {m['rollbacks']:.2f}, unsafe lysis {m['unsafe_lysis']:.2f} per 100)"

@@ -1,7 +1,7 @@
 """``narset sweep``: compile time, throughput and memory of the closed loop against size.
 
     narset sweep --regions 1e2,1e3,1e4,1e5,1e6 --steps 50 [--devices 1,2,4]
-        [--budget global] [--json sweep.json] [--plot sweep.png]
+        [--budget global] [--ecology neural] [--json sweep.json] [--plot sweep.png]
 
 Each size runs the controller plus the simulated ecology for ``--steps`` windows in one
 jitted ``lax.scan``, sharded over ``--devices`` (a count, or a comma list for a device-count
@@ -20,7 +20,9 @@ DEFAULT_SIZES = "1e2,1e3,1e4,1e5,1e6"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from narset_jax.cli.simulate import add_ecology_arg
     from narset_jax.distributed import add_device_args
+    from sims.ecologies import ECOLOGIES
 
     p = subparsers.add_parser(
         "sweep",
@@ -38,8 +40,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="windows per timed call (default 50)")
     p.add_argument("--budget", default="region", choices=("region", "global", "fixed_sum"),
                    help="budget mode (default region)")
+    add_ecology_arg(p, ECOLOGIES)
     p.add_argument("--scenario", default="steady",
-                   help="shipped scenario name or a scenario .toml (default steady)")
+                   help="shipped scenario name of the ecology or a scenario .toml "
+                   "(default steady)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--repeats", type=int, default=5, help="timed runs per size (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per size (default 1)")
@@ -60,6 +64,7 @@ def _command(args) -> str:
         parts.append(f"--devices {args.devices}")
     for flag, value, default in (
         ("--budget", args.budget, "region"),
+        ("--ecology", args.ecology, "stylised"),
         ("--scenario", args.scenario, "steady"),
         ("--dtype", args.dtype, "float32"),
         ("--repeats", args.repeats, 5),
@@ -74,11 +79,13 @@ def _command(args) -> str:
 
 
 def run(args) -> int:
+    from narset_jax.cli.simulate import check_ecology
     from narset_jax.distributed import setup_devices
 
+    check_ecology(args.ecology)
     # Devices and processes first: nothing may touch a JAX backend before this.
     setup = setup_devices(args)
-    from sims.sweep import check_sweep_memory, parse_sizes
+    from sims.sweep import check_sweep_ecology, check_sweep_memory, parse_sizes
 
     sizes = parse_sizes(args.regions)
     if args.steps <= 0:
@@ -86,21 +93,23 @@ def run(args) -> int:
     if args.repeats < 1 or args.warmup < 0:
         raise UserError("--repeats must be >= 1 and --warmup >= 0")
     check_sweep_memory(sizes, args.dtype, setup.num_processes)  # before any output
+    check_sweep_ecology(args.ecology, setup.device_counts, setup.num_processes)
     import jax
 
-    import sims
     from narset_jax.atomic import write_json
+    from sims.ecologies import load_params
     from sims.sweep import run_sweep, sweep_document
 
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    scenario = sims.load_scenario(args.scenario)
+    scenario = load_params(args.ecology, args.scenario)
     main = setup.is_main
     if main:
         print(
             f"narset sweep: sizes {', '.join(f'{n:,d}' for n in sizes)}; {args.steps} windows "
             f"per call; devices per process {', '.join(map(str, setup.device_counts))}; "
             f"{setup.num_processes} process(es); budget {args.budget}; {args.dtype}; "
+            + ("" if args.ecology == "stylised" else f"ecology {args.ecology}; ") +
             f"backend {jax.default_backend()}",
             file=sys.stderr,
             flush=True,
@@ -128,11 +137,13 @@ def run(args) -> int:
         seed=args.seed,
         progress=main and not args.no_progress,
         on_row=report,
+        ecology=args.ecology,
     )
     result = sweep_document(
         rows, command=_command(args), sizes=sizes, steps=args.steps, budget=args.budget,
         scenario=scenario.name, dtype=args.dtype, repeats=args.repeats, warmup=args.warmup,
         device_counts=setup.device_counts, processes=setup.num_processes,
+        ecology=args.ecology,
     )
     if main and args.json:
         write_json(args.json, result)

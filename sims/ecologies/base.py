@@ -48,7 +48,15 @@ class Ecology(eqx.Module):
     **Must provide:** ``name`` (class attribute: the ``--ecology`` name and the log's),
     ``init``, ``observe``, ``step`` and ``outcome``.
 
-    **May provide:** ``prepare`` (drop non-array metadata from params before ``jit``),
+    **Should provide** (every command line needs them): ``scenarios`` (the shipped scenario
+    names) and ``load_scenario`` (params by scenario name or TOML path: what ``--scenario``
+    names under ``--ecology``).
+
+    **May provide:** ``shardable = False`` (its per-region leaves are not ``[..., N]``, the
+    sharded rollout's convention: sharded runs refuse it, one-device runs take it),
+    ``manifest_entries`` (what a decision log's manifest records about the run's params
+    beyond their values, e.g. a dataset's hash), ``prepare`` (drop non-array metadata from
+    params before ``jit``),
     ``constant_fields`` (state fields no window changes: a rollout closes over them instead
     of carrying them, which saves a copy per window and a residual per window under
     ``grad``), ``metric_fields`` (state fields ``outcome`` reads: a sharded rollout gathers
@@ -64,8 +72,21 @@ class Ecology(eqx.Module):
     """
 
     name: ClassVar[str]
+    scenarios: ClassVar[tuple[str, ...]] = ()
+    shardable: ClassVar[bool] = True
     constant_fields: ClassVar[tuple[str, ...]] = ()
     metric_fields: ClassVar[tuple[str, ...]] = ()
+
+    def load_scenario(self, name_or_path) -> Any:
+        """This ecology's params: a shipped scenario by name (one of ``scenarios``), a
+        scenario TOML file by path, or params (returned unchanged). Errors are one-line
+        ``ValueError``s naming the valid scenarios."""
+        raise ValueError(f"the {self.name} ecology has no scenario files")
+
+    def manifest_entries(self, params) -> dict[str, Any]:
+        """JSON-serialisable entries a decision log's manifest config records about
+        ``params`` beyond the scenario's values (default: none)."""
+        return {}
 
     def prepare(self, params: Any) -> Any:
         """Params as passed to jitted code (default: unchanged)."""

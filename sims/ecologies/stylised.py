@@ -22,7 +22,7 @@ from narset_jax.telemetry import Telemetry
 from sims._rng import key_words, normal, step_base, stream, uniform_pair
 from sims.checks import check_dtype, check_n_regions
 from sims.ecologies.base import Ecology, Outcome
-from sims.scenario import Scenario
+from sims.scenario import SCENARIOS, Scenario, load_scenario
 
 __all__ = [
     "STYLISED",
@@ -486,12 +486,16 @@ class Stylised(Ecology):
     [`sims.observe`][] and [`sims.sim_transition`][]."""
 
     name: ClassVar[str] = "stylised"
+    scenarios: ClassVar[tuple[str, ...]] = SCENARIOS
     # SimState fields that no window changes (ids, key words, traits).
     constant_fields: ClassVar[tuple[str, ...]] = (
         "region", "k0", "k1", "g0", "g1", "lr", "fragility", "noise_mult", "scale",
         "bloat_prop", "spoof_u", "pos", "loss0",
     )
     metric_fields: ClassVar[tuple[str, ...]] = ("loss0", "loss", "cap", "bloat", "spoof_u")
+
+    def load_scenario(self, name_or_path) -> Scenario:
+        return load_scenario(name_or_path)
 
     def prepare(self, params: Scenario) -> Scenario:
         return params.without_metadata()

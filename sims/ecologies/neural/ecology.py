@@ -33,7 +33,11 @@ from sims.ecologies.neural.network import (
     seed_params,
     slot_mask_tree,
 )
-from sims.ecologies.neural.scenario import NeuralScenario
+from sims.ecologies.neural.scenario import (
+    NEURAL_SCENARIOS,
+    NeuralScenario,
+    load_neural_scenario,
+)
 from sims.ecologies.neural.state import NeuralState, init_region
 
 __all__ = ["NEURAL", "LSTM_WARN", "Neural", "NeuralEvents"]
@@ -94,6 +98,9 @@ class Neural(Ecology):
     """
 
     name: ClassVar[str] = "neural"
+    scenarios: ClassVar[tuple[str, ...]] = NEURAL_SCENARIOS
+    # Leaves are [N, ...] (regions first); the sharded rollout splits [..., N] leaves.
+    shardable: ClassVar[bool] = False
     constant_fields: ClassVar[tuple[str, ...]] = (
         "region", "rkey", "gkey", "perm", "perm2", "shift", "noise", "lr", "hmask", "host_n",
         "spoof_u", "pos", "u_switch", "test_acc0",
@@ -113,6 +120,22 @@ class Neural(Ecology):
     def arch(self) -> Arch:
         return Arch(self.hidden, self.n_slots, self.seed_hidden, self.conv_channels,
                     self.conv_kernel, self.conv_stride)
+
+    def load_scenario(self, name_or_path) -> NeuralScenario:
+        return load_neural_scenario(name_or_path)
+
+    def manifest_entries(self, params: NeuralScenario) -> dict:
+        """The dataset (SHA-256, generator arguments, mnist1d version) and this ecology's
+        static settings (network sizes, steps and batch per window)."""
+        args = dict(params.dataset_args)
+        version = args.get("mnist1d", "")
+        return {
+            "ecology_settings": {f: getattr(self, f) for f in (
+                "hidden", "n_slots", "seed_hidden", "conv_channels", "conv_kernel",
+                "conv_stride", "steps", "batch")},
+            "dataset": {"sha256": params.dataset_sha256, "args": args,
+                        "mnist1d": version.strip("'\"")},
+        }
 
     def prepare(self, params: NeuralScenario) -> NeuralScenario:
         if not isinstance(params, NeuralScenario):

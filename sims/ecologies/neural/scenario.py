@@ -21,7 +21,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from narset_jax._config import describe, read_toml, reject_unknown
+from narset_jax._config import describe, plain_leaves, read_toml, reject_unknown
 from sims.ecologies.neural.data import Data, make_data
 from sims.scenario import ScenarioError
 
@@ -126,6 +126,14 @@ class NeuralScenario(eqx.Module):
         """Blank metadata, so jitted code compiles once per dataset shape."""
         return dataclasses.replace(self, name="custom", description="", dataset_args=(),
                                    dataset_sha256="")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (the data left out): floats (nested lists for stacked scenarios),
+        the metadata, and the dataset's generator arguments as ``name -> repr``."""
+        out = plain_leaves(self, self.float_names())
+        out.update(name=self.name, description=self.description,
+                   dataset_args=dict(self.dataset_args), dataset_sha256=self.dataset_sha256)
+        return out
 
     def recommended_params(self, params=None):
         from narset_jax.params import NarsetParams
