@@ -15,6 +15,7 @@ import dataclasses
 import functools
 from functools import partial
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,7 +33,14 @@ from narset_jax.sharding import (
 from sims.checks import check_n_regions, check_n_steps
 from sims.controllers import Controller, get_controller
 from sims.ecologies import Ecology, get_ecology
-from sims.rollout import RolloutResult, advance, rollout_chunk, rollout_init, rollout_metrics
+from sims.rollout import (
+    RolloutCarry,
+    RolloutResult,
+    advance,
+    rollout_chunk,
+    rollout_init,
+    rollout_metrics,
+)
 
 __all__ = ["ShardedRollout", "rollout_runner", "sharded_rollout"]
 
@@ -50,6 +58,11 @@ class ShardedRollout:
     Static configuration (sizes, mesh, controller, flags, dtype, budget mode) is fixed at
     construction; params, scenario, key and carry are traced arguments, so new values never
     recompile. [`sims.sharding.sharded_rollout`][] is the one-call form.
+
+    Per-region leaves are ``[..., N]`` (regions last), except the ecology's state, whose
+    regions lie along its ``Ecology.region_axis`` (``0`` for the neural ecology's
+    ``[N, ...]`` leaves). An ecology with regions first has its params (e.g. a dataset)
+    replicated whatever their shapes.
 
     **Arguments:**
 
@@ -92,6 +105,7 @@ class ShardedRollout:
             n_regions if self.path == "gspmd" else padded_size(n_regions, self.n_devices)
         )
         self.n_local = self.n_padded // self.n_devices
+        self.region_axis = int(self.ecology.region_axis)
         self._replicated = NamedSharding(mesh, P())
         self._init = jax.jit(self._init_fn)
         self._chunk = {}
@@ -99,7 +113,7 @@ class ShardedRollout:
             exact: jax.jit(partial(self._metrics_fn, exact)) for exact in (False, True)
         }
         self._controller_step = jax.jit(partial(self._over_regions, self._local_controller))
-        self._advance = jax.jit(partial(self._over_regions, self._local_advance))
+        self._advance = jax.jit(partial(self._over_regions, self._local_advance, scenario_at=1))
         self._unpad_jit = jax.jit(self._unpad)
 
     def __repr__(self) -> str:
@@ -110,26 +124,52 @@ class ShardedRollout:
 
     # -- traced bodies ---------------------------------------------------------------
 
-    def _over_regions(self, fn, *args):
-        """Run ``fn(*args)`` (traced, inside ``jit``) with per-region leaves (last axis
-        ``n_padded``) sharded along the mesh axis and everything else replicated.
+    def _specs(self, tree, n):
+        """PartitionSpecs of ``tree`` with ``n`` regions: as
+        [`narset_jax.sharding.region_specs`][] (a leaf whose last axis has length ``n`` is
+        sharded along it), except the ecology state (``sim``) of any
+        ``sims.rollout.RolloutCarry`` in ``tree``, whose leaves are sharded along the
+        ecology's ``region_axis`` where that axis has length ``n``."""
+        specs = region_specs(tree, n, self.axis)
+        if self.region_axis == -1:
+            return specs
+        is_carry = lambda x: isinstance(x, RolloutCarry)  # noqa: E731
+
+        def fix(node, spec):
+            if not is_carry(node):
+                return spec
+            sim = jax.tree.map(lambda x: _spec_along(x, n, self.region_axis, self.axis),
+                               node.sim)
+            return eqx.tree_at(lambda c: c.sim, spec, sim)
+
+        return jax.tree.map(fix, tree, specs, is_leaf=is_carry)
+
+    def _over_regions(self, fn, *args, scenario_at=None):
+        """Run ``fn(*args)`` (traced, inside ``jit``) with per-region leaves (see
+        ``_specs``) sharded along the mesh axis and everything else replicated.
+        ``scenario_at``: the position of the ecology's params in ``args``, replicated
+        whole for an ecology with regions first (``region_axis != -1``).
 
         ``shard_map`` path: ``fn`` runs on each device's block, with no communication.
         ``gspmd`` path: ``fn`` runs on global shapes and XLA partitions it; cross-region
         reductions (the global pool) become all-reduces.
         """
-        in_specs = region_specs(args, self.n_padded, self.axis)
+        in_specs = self._specs(args, self.n_padded)
+        if scenario_at is not None and self.region_axis != -1:
+            in_specs = list(in_specs)
+            in_specs[scenario_at] = jax.tree.map(lambda _: P(), args[scenario_at])
+            in_specs = tuple(in_specs)
         if self.path == "gspmd":
             args = self._constrain(args, in_specs)
             out = fn(*args)
-            return self._constrain(out, region_specs(out, self.n_padded, self.axis))
+            return self._constrain(out, self._specs(out, self.n_padded))
         local = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(
-                x.shape[:-1] + (self.n_local,) if jnp.ndim(x) and x.shape[-1] == self.n_padded
-                else x.shape, x.dtype),
-            args,
+            lambda x, s: jax.ShapeDtypeStruct(
+                tuple(self.n_local if i == _sharded_dim(s, self.axis) else d
+                      for i, d in enumerate(jnp.shape(x))), x.dtype),
+            args, in_specs,
         )
-        out_specs = region_specs(jax.eval_shape(fn, *local), self.n_local, self.axis)
+        out_specs = self._specs(jax.eval_shape(fn, *local), self.n_local)
         return jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs)(*args)
 
     def _constrain(self, tree, specs):
@@ -146,7 +186,7 @@ class ShardedRollout:
     def _init_fn(self, params, scenario, key):
         ids = jnp.arange(self.n_padded, dtype=jnp.int32)
         ids = jax.lax.with_sharding_constraint(ids, region_sharding(self.mesh))
-        return self._over_regions(self._local_init, params, scenario, key, ids)
+        return self._over_regions(self._local_init, params, scenario, key, ids, scenario_at=1)
 
     def _local_chunk(self, n_steps, params, scenario, carry):
         return rollout_chunk(
@@ -170,9 +210,7 @@ class ShardedRollout:
         n, pad = self.n_regions, self.n_padded
         if n == pad:
             return tree
-        return jax.tree.map(
-            lambda x: x[..., :n] if jnp.ndim(x) and jnp.shape(x)[-1] == pad else x, tree
-        )
+        return jax.tree.map(partial(_take, n, self.axis), tree, self._specs(tree, pad))
 
     def _metrics_fn(self, exact, params, scenario, carry):
         if exact:
@@ -198,7 +236,8 @@ class ShardedRollout:
         key = (n_steps, bool(donate))
         if key not in self._chunk:
             self._chunk[key] = jax.jit(
-                partial(self._over_regions, partial(self._local_chunk, n_steps)),
+                partial(self._over_regions, partial(self._local_chunk, n_steps),
+                        scenario_at=1),
                 donate_argnums=(2,) if donate else (),
                 compiler_options=loop_compiler_options(self.mesh),
             )
@@ -251,17 +290,17 @@ class ShardedRollout:
         """Per-region results as NumPy on this process: every process's regions (an
         all-gather across processes in a multi-process run; call it on every process),
         padding dropped. For logs and plots, not for the hot loop."""
-        def get(x):
+        def get(x, spec):
             if isinstance(x, jax.Array) and not x.is_fully_addressable:
                 from jax.experimental import multihost_utils
 
                 x = multihost_utils.process_allgather(x, tiled=True)
             x = np.asarray(x)
-            if x.ndim and x.shape[-1] == self.n_padded and self.n_padded != self.n_regions:
-                x = x[..., : self.n_regions]
+            if self.n_padded != self.n_regions:
+                x = _take(self.n_regions, self.axis, x, spec)
             return x
 
-        return jax.tree.map(get, tree)
+        return jax.tree.map(get, tree, self._specs(tree, self.n_padded))
 
     def from_host(self, tree):
         """The inverse of ``to_host``: per-region NumPy arrays (``[..., n_regions]``, all
@@ -270,18 +309,20 @@ class ShardedRollout:
         dropped). Other leaves come back replicated. Each process copies only its own
         shards; there is no communication."""
 
-        def put(x):
+        def put(x, spec):
             x = np.asarray(x)
-            if x.ndim and x.shape[-1] == self.n_regions:
+            dim = _sharded_dim(spec, self.axis)
+            if dim is not None:
                 if self.n_padded != self.n_regions:
-                    pad = [(0, 0)] * (x.ndim - 1) + [(0, self.n_padded - self.n_regions)]
+                    pad = [(0, 0)] * x.ndim
+                    pad[dim] = (0, self.n_padded - self.n_regions)
                     x = np.pad(x, pad, mode="edge")
-                sharding = region_sharding(self.mesh, x.ndim)
+                sharding = NamedSharding(self.mesh, spec)
             else:
                 sharding = self._replicated
             return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
-        return jax.tree.map(put, tree)
+        return jax.tree.map(put, tree, self._specs(tree, self.n_regions))
 
     def run(self, params, scenario, key, n_steps: int, *, exact_metrics: bool = True):
         """The whole rollout; see [`sims.sharding.sharded_rollout`][]."""
@@ -292,6 +333,30 @@ class ShardedRollout:
         return RolloutResult(
             metrics=metrics, final=self.unpad(carry), decisions=d, telemetry=tel, events=ev
         )
+
+
+def _spec_along(x, n, dim, axis):
+    """``x``'s spec with regions along ``dim``: sharded if that axis has length ``n``."""
+    shape = jnp.shape(x)
+    if not shape or shape[dim] != n:
+        return P()
+    return P(*([None] * (dim % len(shape))), axis)
+
+
+def _sharded_dim(spec, axis):
+    """The dimension ``spec`` shards along ``axis`` (``None`` if none)."""
+    for i, a in enumerate(spec):
+        if a == axis:
+            return i
+    return None
+
+
+def _take(n, axis, x, spec):
+    """``x`` cut to its first ``n`` regions along the dimension ``spec`` shards."""
+    dim = _sharded_dim(spec, axis)
+    if dim is None:
+        return x
+    return x[(slice(None),) * dim + (slice(0, n),)]
 
 
 def sharded_rollout(

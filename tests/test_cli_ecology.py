@@ -98,11 +98,14 @@ def test_sweep_neural_runs(tmp_path, capsys):
     doc = json.loads(js.read_text())
     assert doc["config"]["ecology"] == "neural" and "--ecology neural" in doc["command"]
     (row,) = doc["rows"]
-    assert row["n_regions"] == 8 and row["path"] == "jit" and row["throughput"] > 0
+    assert row["n_regions"] == 8 and row["path"] == "shard_map" and row["throughput"] > 0
 
 
-def test_sweep_neural_refuses_several_devices(capsys):
-    assert main(["sweep", "--ecology", "neural", "--regions", "8", "--steps", "2",
-                 "--devices", "2", "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "runs on one device only" in err[0]
+def test_sweep_neural_runs_sharded_over_two_devices(tmp_path):
+    js = tmp_path / "sweep.json"
+    assert main(["sweep", "--ecology", "neural", "--regions", "3", "--steps", "1",
+                 "--devices", "2", "--repeats", "1", "--warmup", "0", "--no-progress",
+                 "--json", str(js)]) == 0
+    (row,) = json.loads(js.read_text())["rows"]
+    assert row["devices"] == 2 and row["n_regions"] == 3 and row["path"] == "shard_map"
+    assert row["throughput"] > 0 and sum(row["collectives_in_loop"].values()) == 0

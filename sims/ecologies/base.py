@@ -52,8 +52,11 @@ class Ecology(eqx.Module):
     names) and ``load_scenario`` (params by scenario name or TOML path: what ``--scenario``
     names under ``--ecology``).
 
-    **May provide:** ``shardable = False`` (its per-region leaves are not ``[..., N]``, the
-    sharded rollout's convention: sharded runs refuse it, one-device runs take it),
+    **May provide:** ``region_axis`` (the axis of its state's leaves that holds the regions:
+    ``-1``, the default, for ``[..., N]`` leaves; ``0`` for ``[N, ...]`` ones, as the neural
+    ecology's; a sharded rollout splits the state along it, and replicates the params of an
+    ecology with ``region_axis != -1``), ``shardable = False`` (a sharded rollout cannot
+    split its state: sharded runs refuse it, one-device runs take it),
     ``manifest_entries`` (what a decision log's manifest records about the run's params
     beyond their values, e.g. a dataset's hash), ``prepare`` (drop non-array metadata from
     params before ``jit``),
@@ -74,6 +77,7 @@ class Ecology(eqx.Module):
     name: ClassVar[str]
     scenarios: ClassVar[tuple[str, ...]] = ()
     shardable: ClassVar[bool] = True
+    region_axis: ClassVar[int] = -1
     constant_fields: ClassVar[tuple[str, ...]] = ()
     metric_fields: ClassVar[tuple[str, ...]] = ()
 

@@ -99,8 +99,8 @@ class Neural(Ecology):
 
     name: ClassVar[str] = "neural"
     scenarios: ClassVar[tuple[str, ...]] = NEURAL_SCENARIOS
-    # Leaves are [N, ...] (regions first); the sharded rollout splits [..., N] leaves.
-    shardable: ClassVar[bool] = False
+    # Leaves are [N, ...] (regions first): the sharded rollout splits them along axis 0.
+    region_axis: ClassVar[int] = 0
     constant_fields: ClassVar[tuple[str, ...]] = (
         "region", "rkey", "gkey", "perm", "perm2", "shift", "noise", "lr", "hmask", "host_n",
         "spoof_u", "pos", "u_switch", "test_acc0",
