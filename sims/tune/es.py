@@ -38,7 +38,7 @@ from narset_jax.errors import UserError
 from narset_jax.params import NarsetParams
 from sims.tune.loss import TuneConfig, budget_groups, grouped_population_objectives
 from sims.tune.params_map import from_params, hard
-from sims.tune.training import STREAM_TRAIN, TrainState, batch_keys, run_keys
+from sims.tune.training import STREAM_TRAIN, ListRecord, TrainState, batch_keys, run_keys
 
 __all__ = [
     "ES_DEFAULT_LEARNING_RATE",
@@ -70,7 +70,7 @@ STREAM_ES = 2
 
 
 @dataclasses.dataclass
-class ESHistory:
+class ESHistory(ListRecord):
     """Per-generation records (plain lists, JSON-ready).
 
     ``loss``: the population's mean objective (hard controller, the generation's ``S x B``
@@ -88,12 +88,6 @@ class ESHistory:
     objective: list[list[float]] = dataclasses.field(default_factory=list)
     seconds: list[float] = dataclasses.field(default_factory=list)
 
-    def to_dict(self) -> dict[str, list]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ESHistory:
-        return cls(**{f.name: list(data.get(f.name, [])) for f in dataclasses.fields(cls)})
 
 
 def _float_dtype():

@@ -83,8 +83,19 @@ class TrainState(NamedTuple):
     iteration: int
 
 
+class ListRecord:
+    """Mixin for a dataclass of per-iteration lists: to and from plain JSON data."""
+
+    def to_dict(self) -> dict[str, list]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        return cls(**{f.name: list(data.get(f.name, [])) for f in dataclasses.fields(cls)})
+
+
 @dataclasses.dataclass
-class History:
+class History(ListRecord):
     """Per-iteration records (plain lists, JSON-ready).
 
     ``loss``: the surrogate loss at the params before the step; ``grad_norm``: the
@@ -100,12 +111,6 @@ class History:
     objective: list[list[float]] = dataclasses.field(default_factory=list)
     seconds: list[float] = dataclasses.field(default_factory=list)
 
-    def to_dict(self) -> dict[str, list]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> History:
-        return cls(**{f.name: list(data.get(f.name, [])) for f in dataclasses.fields(cls)})
 
 
 def train_init(raw, optimizer: optax.GradientTransformation) -> TrainState:
