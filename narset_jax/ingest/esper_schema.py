@@ -16,7 +16,7 @@ import math
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from narset_jax.ingest.schema import Malformed
+from narset_jax.ingest.schema import Malformed, json_type
 
 # The keys of one event line (``esper.nissa.output._telemetry_event_to_dict``).
 ENVELOPE = ("event_id", "event_type", "timestamp", "seed_id", "slot_id", "epoch", "group_id",
@@ -115,19 +115,6 @@ class EsperEvent(NamedTuple):
     info: dict | None = None
 
 
-def _jtype(v) -> str:
-    """A JSON value, shown in an error message."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, str):
-        return f"string {v!r}" if len(v) <= 40 else "a string"
-    if isinstance(v, int | float):
-        return repr(v)
-    return {list: "an array", dict: "an object"}.get(type(v), type(v).__name__)
-
-
 def is_esper_envelope(obj) -> bool:
     """Whether a decoded JSON line looks like an Esper event (``event_type`` and
     ``timestamp``, and not the own schema's ``kind``)."""
@@ -138,11 +125,11 @@ def parse_timestamp(v) -> float:
     """ISO-8601 (``datetime.isoformat()``, UTC; a naive one is read as UTC) -> POSIX
     seconds."""
     if type(v) is not str:
-        raise Malformed("wrong_type", f"'timestamp' must be an ISO-8601 string, got {_jtype(v)}")
+        raise Malformed("wrong_type", f"'timestamp' must be an ISO-8601 string, got {json_type(v)}")
     try:
         t = datetime.fromisoformat(v)
     except ValueError:
-        raise Malformed("wrong_type", f"'timestamp' is not ISO-8601: {_jtype(v)}") from None
+        raise Malformed("wrong_type", f"'timestamp' is not ISO-8601: {json_type(v)}") from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
     return t.timestamp()
@@ -164,7 +151,7 @@ def _int(obj: dict, key: str, where: str, *, required: bool = True) -> int | Non
         return v
     if type(v) is float and v.is_integer():
         return int(v)
-    raise Malformed("wrong_type", f"{where}: '{key}' must be an integer, got {_jtype(v)}")
+    raise Malformed("wrong_type", f"{where}: '{key}' must be an integer, got {json_type(v)}")
 
 
 def _num(obj: dict, key: str, where: str, *, required: bool = True) -> float | None:
@@ -179,7 +166,7 @@ def _num(obj: dict, key: str, where: str, *, required: bool = True) -> float | N
         return v
     if t is int:
         return float(v)
-    raise Malformed("wrong_type", f"{where}: '{key}' must be a number, got {_jtype(v)}")
+    raise Malformed("wrong_type", f"{where}: '{key}' must be a number, got {json_type(v)}")
 
 
 def _str(obj: dict, key: str, where: str, *, required: bool = True) -> str | None:
@@ -189,7 +176,7 @@ def _str(obj: dict, key: str, where: str, *, required: bool = True) -> str | Non
             raise Malformed("missing_field", f"{where} needs '{key}'")
         return None
     if type(v) is not str:
-        raise Malformed("wrong_type", f"{where}: '{key}' must be a string, got {_jtype(v)}")
+        raise Malformed("wrong_type", f"{where}: '{key}' must be a string, got {json_type(v)}")
     return v
 
 
@@ -201,7 +188,7 @@ def _data(obj: dict, etype: str, *, required: bool = True) -> dict:
         return {}
     if d is None:
         raise Malformed("missing_field", f"{etype} needs 'data'")
-    raise Malformed("wrong_type", f"{etype}: 'data' must be an object, got {_jtype(d)}")
+    raise Malformed("wrong_type", f"{etype}: 'data' must be an object, got {json_type(d)}")
 
 
 def _slot(obj: dict, d: dict, etype: str) -> str:
@@ -211,13 +198,13 @@ def _slot(obj: dict, d: dict, etype: str) -> str:
     if s is None:
         raise Malformed("missing_field", f"{etype} needs 'slot_id' (envelope or data)")
     if type(s) is not str:
-        raise Malformed("wrong_type", f"{etype}: 'slot_id' must be a string, got {_jtype(s)}")
+        raise Malformed("wrong_type", f"{etype}: 'slot_id' must be a string, got {json_type(s)}")
     return s
 
 
 def _stage(name, etype: str) -> int:
     if type(name) is not str:
-        raise Malformed("wrong_type", f"{etype}: a stage must be a string, got {_jtype(name)}")
+        raise Malformed("wrong_type", f"{etype}: a stage must be a string, got {json_type(name)}")
     return STAGE_CLASS.get(name, 1)  # an unknown stage name is a seed that exists
 
 
@@ -227,7 +214,7 @@ def _seeds(d: dict, etype: str) -> dict | None:
     if seeds is None:
         return None
     if type(seeds) is not dict:
-        raise Malformed("wrong_type", f"{etype}: 'seeds' must be an object, got {_jtype(seeds)}")
+        raise Malformed("wrong_type", f"{etype}: 'seeds' must be an object, got {json_type(seeds)}")
     out = {}
     for slot, s in seeds.items():
         stage = s.get("stage", "UNKNOWN") if type(s) is dict else s
@@ -258,7 +245,7 @@ def _rollback(obj, d, etype):
     reason = d.get("panic_reason")
     if reason is not None and type(reason) is not str:
         raise Malformed("wrong_type", f"{etype}: 'panic_reason' must be a string, got "
-                        f"{_jtype(reason)}")
+                        f"{json_type(reason)}")
     return env, None, [Reading(R_ROLLBACK, env, None, 1.0 if reason == "governor_nan" else 0.0)]
 
 
@@ -283,11 +270,11 @@ def _batch(obj, d, etype):
     if accs is not None:
         if type(accs) is not list:
             raise Malformed("wrong_type", f"{etype}: 'env_accuracies' must be an array, got "
-                            f"{_jtype(accs)}")
+                            f"{json_type(accs)}")
         for env, a in enumerate(accs):
             if type(a) not in (int, float):
                 raise Malformed("wrong_type", f"{etype}: 'env_accuracies[{env}]' must be a "
-                                f"number, got {_jtype(a)}")
+                                f"number, got {json_type(a)}")
             out.append(Reading(R_ACC, env, None, float(a)))
     return None, None, out
 
@@ -330,7 +317,7 @@ def _snapshot(obj, d, etype):
     if rc is not None:
         if type(rc) is not dict:
             raise Malformed("wrong_type", f"{etype}: 'reward_components' must be an object, "
-                            f"got {_jtype(rc)}")
+                            f"got {json_type(rc)}")
         _rewards(env, rc, f"{etype} reward_components", out)
         shock = _num(rc, "alpha_shock", f"{etype} reward_components", required=False)
     if shock is None:
@@ -397,12 +384,12 @@ def parse_esper(obj) -> EsperEvent:
     **Raises:** ``Malformed`` (``missing_field``, ``wrong_type``) naming the field.
     """
     if type(obj) is not dict:
-        raise Malformed("wrong_type", f"an event must be a JSON object, got {_jtype(obj)}")
+        raise Malformed("wrong_type", f"an event must be a JSON object, got {json_type(obj)}")
     etype = obj.get("event_type")
     if etype is None:
         raise Malformed("missing_field", "an Esper event needs 'event_type'")
     if type(etype) is not str:
-        raise Malformed("wrong_type", f"'event_type' must be a string, got {_jtype(etype)}")
+        raise Malformed("wrong_type", f"'event_type' must be a string, got {json_type(etype)}")
     if "timestamp" not in obj:
         raise Malformed("missing_field", f"{etype} needs 'timestamp'")
     ts = parse_timestamp(obj["timestamp"])

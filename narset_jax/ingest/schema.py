@@ -171,7 +171,8 @@ class Event(NamedTuple):
     b: float = 0.0
 
 
-def _jtype(v) -> str:
+def json_type(v) -> str:
+    """A JSON value as an error message shows it (e.g. ``an array``, ``string 'x'``)."""
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -206,7 +207,7 @@ def _number(obj: dict, key: str, kind: str) -> float:
             return float(v)
         except OverflowError:
             raise Malformed("wrong_type", f"'{key}' is too large: {v}") from None
-    raise Malformed("wrong_type", f"'{key}' must be a number, got {_jtype(v)}")
+    raise Malformed("wrong_type", f"'{key}' must be a number, got {json_type(v)}")
 
 
 def _integer(obj: dict, key: str, kind: str) -> int:
@@ -217,14 +218,14 @@ def _integer(obj: dict, key: str, kind: str) -> int:
         return v
     if t is float and v.is_integer():
         return int(v)
-    raise Malformed("wrong_type", f"'{key}' must be an integer, got {_jtype(v)}")
+    raise Malformed("wrong_type", f"'{key}' must be an integer, got {json_type(v)}")
 
 
 def _choice(obj: dict, key: str, kind: str, allowed: tuple[str, ...]) -> str:
     v = _get(obj, key, kind)
     if type(v) is not str or v not in allowed:
         raise Malformed(
-            "wrong_type", f"'{key}' must be one of {', '.join(allowed)}; got {_jtype(v)}"
+            "wrong_type", f"'{key}' must be one of {', '.join(allowed)}; got {json_type(v)}"
         )
     return v
 
@@ -277,12 +278,12 @@ def parse_fields(obj) -> tuple:
 def _parse_checked(obj) -> tuple:
     """The slow, precise path of ``parse_fields``."""
     if type(obj) is not dict:
-        raise Malformed("wrong_type", f"an event must be a JSON object, got {_jtype(obj)}")
+        raise Malformed("wrong_type", f"an event must be a JSON object, got {json_type(obj)}")
     kind_name = _get(obj, "kind", "")
     kind = _KIND_ID.get(kind_name) if type(kind_name) is str else None
     if kind is None:
         if type(kind_name) is not str:
-            raise Malformed("wrong_type", f"'kind' must be a string, got {_jtype(kind_name)}")
+            raise Malformed("wrong_type", f"'kind' must be a string, got {json_type(kind_name)}")
         raise Malformed("unknown_kind", f"{kind_name!r} (known: {', '.join(EVENT_KINDS)})")
     region = _integer(obj, "region", kind_name)
     window = _integer(obj, "window", kind_name)
