@@ -10,7 +10,19 @@ import numpy as np
 
 from narset_jax.plots import save_figure
 
-__all__ = ["plot_loss_curve", "plot_params"]
+__all__ = ["plot_es_curve", "plot_loss_curve", "plot_params"]
+
+
+def _objective_axis(ax, random_search, batch: int) -> None:
+    """The objective panel's common part: the random search's best so far against the
+    same rollout count (``batch`` rollouts per candidate), labels, legend and grid."""
+    if random_search is not None and len(random_search):
+        rs = np.minimum.accumulate(np.asarray(random_search, float))
+        ax.step(np.arange(1, rs.size + 1) * batch, rs, where="post", lw=1.5,
+                label="random search: best so far (hard)")
+    ax.set_ylabel("objective J (lower is better)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
 
 
 def plot_loss_curve(
@@ -44,13 +56,7 @@ def plot_loss_curve(
         k = max(len(loss) // 10, 2)
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
         ax1.plot(it[k - 1:] * batch, smooth, "-", lw=2, label=f"running mean ({k})")
-    if random_search is not None and len(random_search):
-        rs = np.minimum.accumulate(np.asarray(random_search, float))
-        ax1.step(np.arange(1, rs.size + 1) * batch, rs, where="post", lw=1.5,
-                 label="random search: best so far (hard)")
-    ax1.set_ylabel("objective J (lower is better)")
-    ax1.legend(fontsize=8)
-    ax1.grid(alpha=0.3)
+    _objective_axis(ax1, random_search, batch)
     ax2.semilogy(it * batch, np.maximum(gnorm, 1e-30), ".-", lw=1, ms=3, color="C3")
     finite = np.asarray(history.get("finite", [True] * len(gnorm)), bool)
     if not finite.all():
@@ -117,5 +123,33 @@ def plot_params(
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, axis="x", which="both")
     fig.suptitle("narset tune: parameters before and after")
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=120)
+
+
+def plot_es_curve(history: Mapping[str, Sequence], path, *, population: int,
+                  random_search=None, batch: int = 1):
+    """The ES run's curve (``loss_curve.png`` of ``--method es``): the population's mean
+    and best objective per generation, the random search's best so far against the same
+    rollout count, and the search distribution's standard deviation.
+
+    ``population``: candidates per generation; ``batch``: rollouts per candidate
+    (``S * B``); the x axis counts rollouts.
+    **Returns:** ``path``.
+    """
+    import matplotlib.pyplot as plt
+
+    loss = np.asarray(history["loss"], float)
+    best = np.asarray(history["best"], float)
+    x = np.arange(1, loss.size + 1) * population * batch
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
+    ax1.plot(x, loss, ".-", lw=1, ms=3, label="ES: population mean (hard)")
+    ax1.plot(x, best, ".-", lw=1, ms=3, label="ES: generation's best (hard)")
+    _objective_axis(ax1, random_search, batch)
+    ax2.plot(x, np.asarray(history["std"], float), ".-", lw=1, ms=3, color="C3")
+    ax2.set_ylabel("search s.d. (raw units)")
+    ax2.set_xlabel("rollouts (generations x population x batch)")
+    ax2.grid(alpha=0.3)
+    fig.suptitle("narset tune --method es: training")
     fig.tight_layout()
     return save_figure(fig, path, dpi=120)

@@ -50,7 +50,6 @@ __all__ = [
     "es_train",
     "evolve",
     "make_strategy",
-    "plot_es_curve",
     "rollout_objective",
     "start_raw",
 ]
@@ -317,39 +316,3 @@ def check_es_settings(s: Mapping[str, Any]) -> None:
             "([es] population): ES runs iters / population generations, so that it uses the "
             "gradient's iters x scenarios x batch rollouts"
         )
-
-
-def plot_es_curve(history: Mapping[str, Sequence], path, *, population: int,
-                  random_search=None, batch: int = 1):
-    """The ES run's curve (``loss_curve.png`` of ``--method es``): the population's mean
-    and best objective per generation, the random search's best so far against the same
-    rollout count, and the search distribution's standard deviation.
-
-    ``population``: candidates per generation; ``batch``: rollouts per candidate
-    (``S * B``); the x axis counts rollouts.
-    **Returns:** ``path``.
-    """
-    import matplotlib.pyplot as plt
-
-    from narset_jax.plots import save_figure
-
-    loss = np.asarray(history["loss"], float)
-    best = np.asarray(history["best"], float)
-    x = np.arange(1, loss.size + 1) * population * batch
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
-    ax1.plot(x, loss, ".-", lw=1, ms=3, label="ES: population mean (hard)")
-    ax1.plot(x, best, ".-", lw=1, ms=3, label="ES: generation's best (hard)")
-    if random_search is not None and len(random_search):
-        rs = np.minimum.accumulate(np.asarray(random_search, float))
-        ax1.step(np.arange(1, rs.size + 1) * batch, rs, where="post", lw=1.5,
-                 label="random search: best so far (hard)")
-    ax1.set_ylabel("objective J (lower is better)")
-    ax1.legend(fontsize=8)
-    ax1.grid(alpha=0.3)
-    ax2.plot(x, np.asarray(history["std"], float), ".-", lw=1, ms=3, color="C3")
-    ax2.set_ylabel("search s.d. (raw units)")
-    ax2.set_xlabel("rollouts (generations x population x batch)")
-    ax2.grid(alpha=0.3)
-    fig.suptitle("narset tune --method es: training")
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=120)

@@ -407,11 +407,11 @@ def run_tune(
         "results": ev,
     }
     files["evaluation"] = write_json(out / "evaluation.json", eval_doc)
-    from narset_jax.plots.tune import plot_loss_curve, plot_params
+    from narset_jax.plots.tune import plot_es_curve, plot_loss_curve, plot_params
 
     if method == "es":
-        files["loss_curve"] = es.plot_es_curve(hist, out / "loss_curve.png", population=P,
-                                               random_search=rs.scores.tolist(), batch=S * B)
+        files["loss_curve"] = plot_es_curve(hist, out / "loss_curve.png", population=P,
+                                            random_search=rs.scores.tolist(), batch=S * B)
     else:
         files["loss_curve"] = plot_loss_curve(hist, out / "loss_curve.png",
                                               random_search=rs.scores.tolist(), batch=S * B)
