@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from narset_jax.atomic import write_json
-from narset_jax.decision_log import DecisionLogWriter, jitted_step
+from narset_jax.decision_log import DecisionLogWriter, jitted_step, write_truth
 from narset_jax.sharding import region_mesh
 from sims.baselines import step_fn
 from sims.controllers import Controller, get_controller
@@ -117,7 +117,9 @@ def simulate(
     sign_key: bytes | None = None,
 ) -> dict:
     """Run the simulation, writing the log, summary and plots to ``out``; returns the
-    summary.
+    summary. After the manifest, ``out/ground_truth.arrow`` records which regions spoof
+    (the ecology's ``Outcome.spoofer``; [`narset_jax.decision_log.write_truth`][]), for
+    ``narset audit``.
 
     The output is a transaction ([`narset_jax.decision_log.OutputDir`][]): ``out`` is
     locked for the run (a second writer is refused), everything is written into a staging
@@ -211,14 +213,18 @@ def _run(params, scenario, *, n_regions, n_steps, seed, stage, controller, ecolo
     bar = tqdm(total=n_steps, unit="window", desc=f"simulate {scenario.name}",
                disable=not (progress and main), file=sys.stderr, leave=False)
     buffer: list = []
+    regions = None  # the log's region ids, for the ground truth
 
     def flush(writer):
+        nonlocal regions
         # Every process gathers (a collective in a multi-process run); process 0 writes.
         cols, health = loop.collect(buffer)
         buffer.clear()
         if writer is None:
             return
         writer.write(cols)
+        if regions is None:
+            regions = np.asarray(cols["region"])[0]
         for name in track:
             track[name].append(np.asarray(cols[name])[:, sample])
         means["mean x_T"].append(cols["x_T"].mean(axis=1))
@@ -250,9 +256,16 @@ def _run(params, scenario, *, n_regions, n_steps, seed, stage, controller, ecolo
                 raise
             metrics = loop.metrics(carry)
             jax.block_until_ready(metrics)
+            spoofer = loop.spoofers(carry)  # a collective in a multi-process run
     finally:
         bar.close()
     wall = time.perf_counter() - t0
+    if main:
+        # After the manifest, which it names: which regions spoof, for narset audit.
+        write_truth(stage, regions, spoofer, manifest=log.manifest,
+                    source=f"simulate ({eco.name} ecology, scenario {scenario.name})",
+                    what="spoofer: the ecology's spoofer mask (the region fakes instability "
+                         "in its telemetry)", sign_key=sign_key)
 
     m = metrics.to_dict()
     score = float(objective(metrics))
@@ -298,7 +311,7 @@ class _OneDevice:
     as a second jitted step."""
 
     def __init__(self, params, scenario, controller, ecology, n_regions, jdtype):
-        self.params, self.sc = params, ecology.prepare(scenario)
+        self.params, self.sc, self.eco = params, ecology.prepare(scenario), ecology
         self.n_regions, self.jdtype = n_regions, jdtype
         self.ctl_step = jitted_step(step_fn(controller))
         self.eco_step, self.metrics_fn, self.init_fn = _compiled(controller, ecology)
@@ -321,6 +334,9 @@ class _OneDevice:
 
     def switches(self, carry):
         return np.asarray(carry.acc.switches)
+
+    def spoofers(self, carry):
+        return np.asarray(self.eco.outcome(self.sc, carry.sim).spoofer)
 
 
 class _Sharded:
@@ -378,6 +394,10 @@ class _Sharded:
 
     def switches(self, carry):
         return self.runner.to_host(carry.acc.switches)
+
+    def spoofers(self, carry):
+        eco = self.runner.ecology
+        return self.runner.to_host(eco.outcome(eco.prepare(self.scenario), carry.sim).spoofer)
 
 
 @functools.lru_cache(maxsize=4)

@@ -38,7 +38,7 @@ import os
 import sys
 from pathlib import Path
 
-SUBCOMMANDS = ("simulate", "replay", "tune", "sweep", "phase", "decide")
+SUBCOMMANDS = ("simulate", "replay", "tune", "sweep", "phase", "decide", "audit")
 
 EXIT_MISMATCH = 1
 EXIT_USER = 2

@@ -27,7 +27,8 @@ controller, window by window, and compares every decision field bit for bit (or,
 other params, reports how the decisions would differ: a what-if analysis).
 
 Modules: ``layout`` (file names, format tag, sha256), ``manifest`` (digest and field
-checks), ``lock``, ``outdir``, ``errors``, ``writer``, ``reader`` and ``replay``.
+checks), ``lock``, ``outdir``, ``errors``, ``writer``, ``reader``, ``replay`` and ``truth``
+(``DIR/ground_truth.arrow``: which regions of a simulated run spoof, for ``narset audit``).
 """
 
 from narset_jax.decision_log.errors import (
@@ -47,6 +48,7 @@ from narset_jax.decision_log.manifest import load_key
 from narset_jax.decision_log.outdir import OutputDir, check_json_path, sigterm_as_interrupt
 from narset_jax.decision_log.reader import DecisionLog, read_decision_log
 from narset_jax.decision_log.replay import ReplayReport, jitted_step, replay
+from narset_jax.decision_log.truth import GroundTruth, read_truth, write_truth
 from narset_jax.decision_log.writer import DecisionLogWriter, versions
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "DecisionLog",
     "DecisionLogError",
     "DecisionLogWriter",
+    "GroundTruth",
     "LogVerificationError",
     "OutputBusyError",
     "OutputDir",
@@ -63,7 +66,9 @@ __all__ = [
     "jitted_step",
     "load_key",
     "read_decision_log",
+    "read_truth",
     "replay",
     "sigterm_as_interrupt",
     "versions",
+    "write_truth",
 ]

@@ -19,8 +19,10 @@ MARKER = "INCOMPLETE"
 PARTS_DIR = "decisions"
 SUMMARY = "summary.json"
 PLOTS_DIR = "plots"
+# Which regions spoof, beside a simulated run's log (narset_jax.decision_log.truth).
+TRUTH = "ground_truth.arrow"
 # What a narset output directory may hold (anything else is someone else's file).
-OWN_ENTRIES = (MANIFEST, MARKER, PARTS_DIR, SUMMARY, PLOTS_DIR)
+OWN_ENTRIES = (MANIFEST, MARKER, PARTS_DIR, SUMMARY, PLOTS_DIR, TRUTH)
 
 PART_RE = re.compile(r"^part-(\d{5})\.parquet$")
 STATUSES = ("complete", "partial", "writing")

@@ -32,6 +32,7 @@ from narset_jax.decision_log.layout import (
     PARTS_DIR,
     PLOTS_DIR,
     SUMMARY,
+    TRUTH,
     staging_path,
     trash_path,
 )
@@ -253,11 +254,11 @@ class OutputDir:
         manifest out first and the new one in last."""
         out, stage, old = self.out, self.stage, trash_path(self.out)
         old.mkdir(exist_ok=True)
-        present = [n for n in (MANIFEST, MARKER, PARTS_DIR, SUMMARY, PLOTS_DIR)
+        present = [n for n in (MANIFEST, MARKER, PARTS_DIR, SUMMARY, PLOTS_DIR, TRUTH)
                    if os.path.lexists(out / n)]
         for name in present:
             os.rename(out / name, old / name)
-        for name in (MARKER, PARTS_DIR, SUMMARY, PLOTS_DIR, MANIFEST):
+        for name in (MARKER, PARTS_DIR, SUMMARY, PLOTS_DIR, TRUTH, MANIFEST):
             if os.path.lexists(stage / name):
                 os.rename(stage / name, out / name)
         _rmtree(stage)
