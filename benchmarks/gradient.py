@@ -12,9 +12,13 @@ after another in the same invocation, at the same N, T, scenario and batch:
 * ``grad_remat``: one gradient step (``sims.tune.loss_and_grad`` plus the adam
   update) with ``jax.checkpoint`` around each simulated window;
 * ``grad_plain``: the same without ``jax.checkpoint``;
-* ``interleaved``: the headline ratio. One child times ``forward_soft``, ``forward_hard``
-  and ``grad_remat`` in turn, round after round, and reports the median round's ratios:
-  the separate children above run minutes apart, and this VM's speed drifts between them.
+* ``grad_smoothed``: one step of ``narset tune``'s default estimator
+  (``sims.tune.estimators.smoothed_grad``: an antithetic pair of hard rollouts with
+  per-region perturbations, the score function, plus the adam update);
+* ``interleaved``: the headline ratios. One child times ``forward_soft``, ``forward_hard``,
+  ``grad_remat`` and ``grad_smoothed`` in turn, round after round, and reports the median
+  round's ratios: the separate children above run minutes apart, and this VM's speed
+  drifts between them.
 
 ``--variants ctl_forward,ctl_grad,sim_forward,sim_grad`` breaks the cost down: the
 controller alone (``narset_rollout`` on synthetic ``[T, N]`` telemetry) and the ecology
@@ -39,7 +43,8 @@ from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-VARIANTS = ("forward_soft", "forward_hard", "grad_remat", "grad_plain", "interleaved")
+VARIANTS = ("forward_soft", "forward_hard", "grad_remat", "grad_plain", "grad_smoothed",
+            "interleaved")
 # Where the gradient's time goes (not run by default): the controller alone on synthetic
 # telemetry, and the ecology alone under an action that depends on the params, each
 # forward and gradient (with jax.checkpoint per window, like grad_remat).
@@ -193,7 +198,11 @@ def child(args) -> dict:
     }
     if source != _source_hash():
         result["source_changed_during_run"] = True
-    if variant.startswith("grad_"):
+    if variant == "grad_smoothed":
+        (_, _), grad, pool_grad = out
+        result["grad"] = {k: float(v) for k, v in grad.items()}
+        result["grad_log_pool"] = float(pool_grad)
+    elif variant.startswith("grad_"):
         (_, _), grad, gnorm = out
         loss_value = compiled(raw, base, stacked, keys, weights, temp)[0]
         result["value"] = float(loss_value)
@@ -219,6 +228,29 @@ def _program(variant, N, T, base, raw, weights, stacked, keys, temp, scenario):
     from narset_jax.params import NarsetParams
     from sims import tune
 
+    if variant == "grad_smoothed":
+        from sims.tune import estimators
+
+        hard_base = NarsetParams().astype(jnp.float32)
+        cfg = tune.TuneConfig(N, T)
+        opt = tune.make_optimizer(0.05, 1.0)
+        nkeys = estimators.noise_keys(0, 0, 1, keys.shape[1])
+        sigma = jnp.float32(estimators.SMOOTHING_SIGMA)
+        compiled = estimators.smoothed_samples.lower(
+            raw, hard_base, stacked, keys, nkeys, weights, sigma, cfg=cfg, perturb_pool=True
+        ).compile()
+
+        @jax.jit
+        def update_s(raw, opt_state, grad):
+            updates, opt_state = opt.update(grad, opt_state, raw)
+            return optax.apply_updates(raw, updates), opt_state
+
+        def step_s(raw, opt_state, keys):
+            out = estimators.smoothed_grad(raw, hard_base, stacked, keys, nkeys, weights,
+                                           sigma, cfg=cfg)
+            return update_s(raw, opt_state, out["grad"]), out["grad"], out["grad_log_pool"]
+
+        return step_s, (raw, opt.init(raw), keys), compiled
     if variant == "forward_hard":
         p = NarsetParams().astype(jnp.float32)
         sc = scenario.without_metadata().astype(jnp.float32)
@@ -266,7 +298,7 @@ def _interleaved(args, N, T, base, raw, weights, stacked, keys, temp, scenario, 
     import jax
 
     calls = {}
-    for v in ("forward_soft", "forward_hard", "grad_remat"):
+    for v in ("forward_soft", "forward_hard", "grad_remat", "grad_smoothed"):
         fn, call_args, _ = _program(v, N, T, base, raw, weights, stacked, keys, temp, scenario)
         calls[v] = lambda fn=fn, call_args=call_args: fn(*call_args)
     for f in calls.values():
@@ -278,8 +310,8 @@ def _interleaved(args, N, T, base, raw, weights, stacked, keys, temp, scenario, 
             jax.block_until_ready(f())
             times[k].append(time.perf_counter() - t0)
     per_round = {
-        f"grad_remat/{k}": [g / f for g, f in zip(times["grad_remat"], times[k])]
-        for k in ("forward_soft", "forward_hard")
+        f"{g}/{k}": [a / b for a, b in zip(times[g], times[k])]
+        for g in ("grad_remat", "grad_smoothed") for k in ("forward_soft", "forward_hard")
     }
     return {
         "variant": "interleaved",
@@ -418,7 +450,7 @@ def main(argv=None) -> int:
     ratios = {}
     fwd = results.get("forward_soft", {}).get("seconds")
     fwd_hard = results.get("forward_hard", {}).get("seconds")
-    for g in ("grad_remat", "grad_plain"):
+    for g in ("grad_remat", "grad_plain", "grad_smoothed"):
         if g in results and fwd:
             ratios[f"{g}/forward_soft"] = results[g]["seconds"] / fwd
         if g in results and fwd_hard:

@@ -34,7 +34,7 @@ from narset_jax.cost import COSTS
 from narset_jax.errors import UserError
 
 BUDGETS = ("region", "global", "fixed_sum")
-HYSTERESES = ("hard", "soft", "straight_through")
+HYSTERESES = ("hard", "soft", "straight_through", "saturating")
 
 __all__ = [
     "BUDGETS",
@@ -183,7 +183,8 @@ class NarsetParams(eqx.Module):
 
     **Hysteresis:**
 
-    - ``hysteresis``: ``"hard"``, ``"soft"`` or ``"straight_through"`` (static).
+    - ``hysteresis``: ``"hard"``, ``"soft"``, ``"straight_through"`` or ``"saturating"``
+      (static; see [`narset_jax.hysteresis`][]).
     - ``theta_enter``, ``theta_exit``: need thresholds, ``theta_exit < theta_enter``.
       Need is ``1 - S``; 0.4 and 0.15 are the Emrakul sketch's turbulent (``S < 0.6``) and
       stagnant (``S >= 0.85``) boundaries.

@@ -110,3 +110,36 @@ def test_straight_through_is_hard_forward_soft_backward(variant):
         assert float(grad) == 0.0
     else:
         assert np.isfinite(float(grad)) and float(grad) != 0.0
+
+
+# ---------------------------------------------------------------------------------------
+# Saturating: the soft gates, the mode pushed to {0, 1} every window (checked on the stage).
+
+
+def test_saturating_mode_gradients_match_central_differences():
+    """d/d theta_enter, theta_exit, k_enter, k_exit and temp_need of a weighted sum of the
+    saturating mode over 60 windows, against central differences in float64."""
+    need = jnp.asarray(np.random.default_rng(3).uniform(0, 0.7, (60, 4)))
+    w = jnp.arange(60.0)[:, None]
+    base = NarsetParams(hysteresis="saturating", temp_need=0.1, temp_dwell=0.5)
+    fields = ("theta_enter", "theta_exit", "k_enter", "k_exit", "temp_need")
+
+    @jax.jit
+    @jax.value_and_grad
+    def f(x):
+        p = base.replace(**dict(zip(fields, x))).astype(jnp.float64)
+
+        def body(s, n):
+            s = update_mode(p, s, n, jnp.ones(n.shape, bool), "saturating")
+            return s, s.mode
+
+        modes = jax.lax.scan(body, init_hysteresis(4, jnp.float64), need)[1]
+        return jnp.sum(modes * w)
+
+    x0 = jnp.asarray([float(getattr(base, n)) for n in fields], jnp.float64)
+    _, g = f(x0)
+    for i, name in enumerate(fields):
+        h = 1e-6
+        fd = (float(f(x0.at[i].add(h))[0]) - float(f(x0.at[i].add(-h))[0])) / (2 * h)
+        assert abs(fd) > 1e-3, (name, fd)
+        assert abs(float(g[i]) - fd) <= 1e-4 * abs(fd), (name, float(g[i]), fd)

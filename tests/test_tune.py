@@ -125,9 +125,12 @@ def test_gradient_is_finite_with_nan_bursts():
 # narset tune: trained on crisis (per region), evaluated also on the held-out spoofing,
 # which recommends the global pool. Same N, T, B, dtype and remat as CFG.
 
-K = 4
+# A warm start (ES's default; the gradient's is 0): a random search of K / 2 candidates,
+# then K_M gradient iterations from its best.
+K, K_M = 8, 4
 COMMON = ["tune", "--scenario", "crisis", "--iters", str(K), "--regions", str(N), "--steps",
-          str(T), "--batch", str(B), "--dtype", "float64", "--no-progress"]
+          str(T), "--batch", str(B), "--dtype", "float64", "--no-progress",
+          "--warm-start", "0.5"]
 # No baselines here (each would compile two more rollout programs); that every baseline is
 # evaluated, hard and under each scenario's budget mode, is checked with stubs in
 # test_tune_units.py.
@@ -182,9 +185,17 @@ def test_cli_resume_is_bit_for_bit(tmp_path, capsys, monkeypatch):
     for key in ("loss", "grad_norm", "objective", "temp_factor", "finite"):
         assert h_full["history"][key] == h_cut["history"][key], key
     hist = h_cut["history"]
-    assert len(hist["loss"]) == K and all(hist["finite"])
+    assert len(hist["loss"]) == K_M and all(hist["finite"])
     # The gradient norm (before clipping) is reported for every iteration.
-    assert len(hist["grad_norm"]) == K and all(np.isfinite(hist["grad_norm"]))
+    assert len(hist["grad_norm"]) == K_M and all(np.isfinite(hist["grad_norm"]))
+    # The warm start: the gradient started from the best of the random search's first
+    # K - K_M candidates (recomputed identically on --resume).
+    warm = h_cut["warm_start"]
+    scores = h_cut["random_search"]["scores"]
+    assert warm == h_full["warm_start"]
+    assert (warm["random_search_candidates"], warm["method_iterations"]) == (K - K_M, K_M)
+    assert warm["start"] == int(np.argmin(scores[:K - K_M]))
+    assert warm["start_score"] == scores[warm["start"]]
     assert all(g > 0 for g in hist["grad_norm"])
     assert h_cut["settings"]["budget"] is None
     e_full = json.loads((full / "evaluation.json").read_text())

@@ -87,9 +87,14 @@ def test_es_state_is_one_pytree_of_fixed_dtypes():
 def test_es_settings_are_checked(tmp_path, capsys):
     base = ["tune", "--scenario", "crisis", "--iters", "6", "--regions", "4", "--steps", "3",
             "--out", str(tmp_path / "o"), "--method", "es"]
-    assert main(base) == 2  # 6 is not a multiple of the default population, 8
+    # Without a warm start: 6 is not a multiple of the default population, 8.
+    assert main(base + ["--warm-start", "0"]) == 2
     err = capsys.readouterr().err
     assert "multiple of the ES population 8" in err and len(err.strip().splitlines()) == 1
+    # With the default warm start, half of 6 leaves no whole generation of 8.
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "leaves no generation of 8" in err and len(err.strip().splitlines()) == 1
     cfg = tmp_path / "c.toml"
     cfg.write_text('[es]\nstrategy = "open_es"\npopulation = 3\n')
     assert main(base + ["--config", str(cfg)]) == 2
@@ -111,7 +116,9 @@ def es_run(tmp_path_factory):
     """One ES run, with every call of ``population_objectives`` recorded."""
     d = tmp_path_factory.mktemp("es")
     cfg = d / "es.toml"
-    cfg.write_text(f"[es]\npopulation = {P}\n")
+    # No warm start: these tests follow ES itself from the starting params (the warm start
+    # is tested with the gradient in test_tune.py).
+    cfg.write_text(f"[es]\npopulation = {P}\n[random_search]\nwarm_start = 0.0\n")
     calls = []
     real = tune_loss.population_objectives
 

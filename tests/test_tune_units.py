@@ -17,6 +17,7 @@ from narset_jax.params import NarsetParams
 from narset_jax.plots.tune import plot_loss_curve, plot_params
 from sims import tune
 from sims.simulate import resolve_params
+from sims.tune import estimators as tune_estimators
 from sims.tune import evaluation as tune_evaluation
 from sims.tune import loss as tune_loss
 from sims.tune import training as tune_training
@@ -381,6 +382,50 @@ def test_training_groups_rollouts_by_budget_mode(monkeypatch):
     assert hist.loss == [2.0]
 
 
+def test_smoothed_training_groups_rollouts_and_draws_its_own_perturbations(monkeypatch):
+    """``estimator="smoothed"``: each budget group's samples on its own rows of the
+    iteration's rollout keys and of the perturbation keys (stream ``STREAM_SMOOTH``,
+    disjoint from training and evaluation), the hard hysteresis, gradients summed with
+    weights ``S_g / S``, the pool perturbed (and its derivative recorded) only where the
+    budget is per region; a relaxed base is refused."""
+    calls = []
+    value = {"region": 1.0, "global": 4.0}
+
+    def fake(raw, base, scenarios, keys, nkeys, weights, sigma, cfg, perturb_pool):
+        v = value[base.budget]
+        calls.append((base.budget, base.hysteresis, jax.random.key_data(keys),
+                      jax.random.key_data(nkeys), perturb_pool, float(sigma)))
+        n = int(jax.tree.leaves(scenarios)[0].shape[0])
+        jp = jnp.full((n, keys.shape[1], 4), v + 1, cfg.jdtype)
+        jm = jnp.full((n, keys.shape[1], 4), v - 1, cfg.jdtype)
+        names = [m for m in tune.TUNED if m not in tune_estimators.UNPERTURBED]
+        eps = {m: jnp.ones_like(jp) for m in names + (["pool"] if perturb_pool else [])}
+        return jp, jm, eps
+
+    monkeypatch.setattr(tune_estimators, "smoothed_samples", fake)
+    scs = [sims.load_scenario(n) for n in ("crisis", "spoofing", "steady")]
+    cfg = tune.TuneConfig(4, 3, dtype="float64")
+    _, hist = tune.train(NarsetParams(), scs, iters=2, cfg=cfg, batch=2, seed=5,
+                         estimator="smoothed", smoothing_sigma=0.5)
+    assert [(c[0], c[1], c[4], c[5]) for c in calls] == [
+        ("region", "hard", True, 0.5), ("global", "hard", False, 0.5)] * 2
+    for it in range(2):
+        keys = jax.random.key_data(tune.batch_keys(tune.run_keys(5, tune.STREAM_TRAIN), it, 3, 2))
+        nkeys = jax.random.key_data(tune_estimators.noise_keys(5, it, 3, 2))
+        np.testing.assert_array_equal(calls[2 * it][2], keys[np.array([0, 2])])
+        np.testing.assert_array_equal(calls[2 * it][3], nkeys[np.array([0, 2])])
+        np.testing.assert_array_equal(calls[2 * it + 1][3], nkeys[np.array([1])])
+        assert not np.array_equal(nkeys, keys)
+    # (J+ - J-) / (2 sigma) * eps = 2 for every coordinate and group: the weighted sum is 2;
+    # the objective is the pairs' mean, per scenario in training order.
+    assert hist.grad_alpha == [pytest.approx(2.0)] * 2
+    assert hist.grad_log_pool == [pytest.approx(2.0)] * 2
+    assert hist.objective == [[1.0, 4.0, 1.0]] * 2
+    assert hist.loss == [pytest.approx(2.0)] * 2
+    with pytest.raises(ValueError, match="needs hysteresis 'hard'"):
+        tune.train(NarsetParams(hysteresis="soft"), scs, iters=1, cfg=cfg, estimator="smoothed")
+
+
 def _recording_objectives(calls):
     """A stand-in for ``tune.rollout_objectives`` (the hard rollouts) that records what would
     have been simulated: ``(budget, hysteresis, controller, scenario name)``."""
@@ -514,26 +559,45 @@ def _recording_population(calls):
     return fake
 
 
-@pytest.mark.parametrize("fixed", [None, "fixed_sum"])
-def test_cli_wires_each_scenarios_budget_mode(tmp_path, capsys, monkeypatch, fixed):
+def _recording_smoothed(calls):
+    """A stand-in for ``tune.estimators.smoothed_population`` (the surrogate report's
+    smoothed rollouts) that records ``(budget, hysteresis, scenarios, perturb_pool)``."""
+
+    def fake(raw, base, scenarios, keys, nkeys, weights, sigma, cfg, perturb_pool):
+        n_sc = int(jax.tree.leaves(scenarios)[0].shape[0])
+        calls.append((base.budget, base.hysteresis, n_sc, perturb_pool))
+        return jnp.zeros((jax.tree.leaves(raw)[0].shape[0], *keys.shape), cfg.jdtype)
+
+    return fake
+
+
+@pytest.mark.parametrize("fixed,estimator", [(None, "soft"), ("fixed_sum", "soft"),
+                                             (None, "smoothed")])
+def test_cli_wires_each_scenarios_budget_mode(tmp_path, capsys, monkeypatch, fixed,
+                                              estimator):
     """``narset tune`` with the default held-out scenarios and baselines (rollouts
     stubbed): training, random search, the surrogate report and evaluation get each
     scenario's recommended mode (spoofing: global) unless ``--params`` sets ``budget``;
     every controller is evaluated hard; the mode is in the table, evaluation.json and the
-    summary, and params.toml carries a budget line only when it was fixed."""
-    trained, calls, relaxed = [], [], []
+    summary, and params.toml carries a budget line only when it was fixed. The smoothed
+    estimator trains and reports on the hard controller and perturbs the pool only in the
+    per-region mode."""
+    trained, calls, relaxed, smoothed = [], [], [], []
     monkeypatch.setattr(tune_training, "train", _fake_train(trained))
     monkeypatch.setattr(tune_evaluation, "rollout_objectives", _recording_objectives(calls))
     monkeypatch.setattr(tune_loss, "population_objectives", _recording_population(relaxed))
+    monkeypatch.setattr(tune_estimators, "smoothed_population", _recording_smoothed(smoothed))
     start = tmp_path / "start.toml"
     start.write_text("beta = 0.7\n" + (f'budget = "{fixed}"\n' if fixed else ""))
     out, summary = tmp_path / "run", tmp_path / "summary.json"
     argv = ["tune", "--scenario", "crisis", "--scenario", "spoofing", "--iters", "2",
             "--regions", "4", "--steps", "3", "--batch", "2", "--params", str(start),
-            "--out", str(out), "--no-progress", "--json", str(summary)]
+            "--out", str(out), "--no-progress", "--json", str(summary),
+            "--estimator", estimator]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert trained == [(fixed, "soft", ["crisis", "spoofing"])]
+    hyst = "hard" if estimator == "smoothed" else "soft"
+    assert trained == [(fixed, hyst, ["crisis", "spoofing"])]
     want = {n: fixed or ("global" if n == "spoofing" else "region") for n in sims.SCENARIOS}
     baselines = [c for c in sims.CONTROLLERS if c != "narset"]
     # Random search: 2 candidates x 2 training scenarios; the surrogate report's final
@@ -543,9 +607,14 @@ def test_cli_wires_each_scenarios_budget_mode(tmp_path, capsys, monkeypatch, fix
     for budget, hyst, _, name in calls:
         assert (budget, hyst) == (want[name], "hard"), name
     evaluated = {(c, n) for _, _, c, n in calls[6:]}
-    # The surrogate report's relaxed rollouts: one call per budget mode, soft.
-    assert relaxed == ([("fixed_sum", "soft", 2)] if fixed else
-                       [("region", "soft", 1), ("global", "soft", 1)])
+    # The surrogate report's relaxed rollouts: one call per budget mode, soft (or smoothed).
+    if estimator == "smoothed":
+        assert relaxed == []
+        assert smoothed == [("region", "hard", 1, True), ("global", "hard", 1, False)]
+    else:
+        assert smoothed == []
+        assert relaxed == ([("fixed_sum", "soft", 2)] if fixed else
+                           [("region", "soft", 1), ("global", "soft", 1)])
     assert evaluated == {(c, n) for c in ("narset", *baselines) for n in sims.SCENARIOS}
     ev = json.loads((out / "evaluation.json").read_text())
     assert ev["protocol"]["budget"] == want

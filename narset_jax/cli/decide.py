@@ -46,7 +46,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="JSONL event log (.jsonl, .jsonl.gz; '-' for stdin) or Parquet table, or "
         "Esper telemetry (events.jsonl, a telemetry_* directory or a directory of them)",
     )
-    p.add_argument("--params", metavar="FILE", help="NarsetParams TOML (default: defaults)")
+    p.add_argument("--params", metavar="FILE",
+                   help="NarsetParams TOML or a preset name (tuned; default: defaults)")
     p.add_argument(
         "--on-error",
         choices=("stop", "skip"),
@@ -139,6 +140,9 @@ def run(args) -> int:
             raise UserError(f"--emit: unknown format {fmt!r} (known: esper)")
         check_emit_path(emit, args.out)
     sign_key = load_key(args.sign_key) if args.sign_key else None
+    if args.params:  # a preset name (tuned): its packaged TOML
+        from sims.tune.presets import params_file
+        args.params = params_file(args.params)
     try:
         with sigterm_as_interrupt():
             summary = run_decide(

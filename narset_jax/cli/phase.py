@@ -48,7 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--figures", default=None, metavar="DIR",
                    help="write the PNG/SVG here instead of --out")
     p.add_argument("--params", default=None, metavar="FILE",
-                   help="tuned params (TOML) to mark on the diagram")
+                   help="tuned params (TOML, or a preset: tuned) to mark on the diagram")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="change a base NarsetParams field for the whole grid (repeatable), "
                    "e.g. --set beta=0.8")
@@ -72,6 +72,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from narset_jax.atomic import write_json
     from sims.phase_job import run_phase
+    from sims.tune.presets import params_file
+    args.params = params_file(args.params)  # a preset name: its packaged TOML
 
     result = run_phase(
         args.x, args.y, out=args.out, name=args.name, figures=args.figures,

@@ -30,7 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("dir", metavar="DIR", help="decision-log directory")
     p.add_argument("--params", metavar="FILE",
-                   help="re-decide under these NarsetParams (TOML) instead of verifying")
+                   help="re-decide under these NarsetParams (TOML or preset) instead of verifying")
     p.add_argument("--allow-partial", action="store_true",
                    help="replay the windows of a log marked partial, or of the journal a "
                         "killed run left")
@@ -83,8 +83,9 @@ def _run(args) -> int:
     params = None
     if args.params:
         from narset_jax.params import NarsetParams
+        from sims.tune.presets import params_file
 
-        params = NarsetParams.from_toml(args.params)
+        params = NarsetParams.from_toml(params_file(args.params))
     total = log.manifest.get("n_windows") or None
     bar = tqdm(total=total, unit="window", desc="replay", disable=args.no_progress,
                file=sys.stderr, leave=False)

@@ -56,7 +56,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=150, metavar="T", help="decision windows")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="PRNG seed")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--params", metavar="FILE", help="NarsetParams TOML (default: defaults)")
+    p.add_argument("--params", metavar="FILE", help="NarsetParams TOML or a preset (tuned: "
+                   "docs/tuning.md's worked example; default: the hand-set defaults)")
     p.add_argument("--controller", default="narset", choices=CONTROLLERS,
                    help="Narset or one of the baselines")
     p.add_argument("--budget", choices=("region", "global", "fixed_sum"),
@@ -167,7 +168,8 @@ def run(args) -> int:
 
     from sims.ecologies import load_params
     from sims.simulate import default_chunk, resolve_params, simulate
-
+    from sims.tune.presets import params_file
+    args.params = params_file(args.params)  # a preset name: its packaged TOML
     scenario = load_params(ecology, args.scenario)
     params = resolve_params(args.params, scenario, args.budget)
     try:

@@ -3,8 +3,8 @@
     narset tune --scenario steady --scenario crisis --iters 40 --regions 256 --steps 100 \\
         --out out/tune [--json summary.json]
 
-Trains with the relaxed controller (``soft`` hysteresis by default), checkpointing every
-few iterations (``--resume`` continues bit for bit), then runs a random search with the
+Trains by gradient (``--estimator``, default ``smoothed``), checkpointing every few
+iterations (``--resume`` continues bit for bit), then runs a random search with the
 same number of rollouts and evaluates the defaults, the tuned params, the random search's
 best and the simulator's baselines with the **hard** controller on held-out seeds and
 held-out scenarios. Every rollout runs its scenario's recommended budget mode (the global
@@ -36,6 +36,7 @@ from typing import Any
 # The shipped settings file, sims/tune/tune_default.toml (sims.tune.DEFAULT_CONFIG), named
 # here so that building the parser does not import sims.
 DEFAULT_CONFIG_NAME = "tune_default.toml"
+ESTIMATORS = ("smoothed", "soft", "anneal", "straight_through", "saturating")  # sims.tune's
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -43,7 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "tune",
         help="tune the controller's hyperparameters by gradient descent through rollouts",
         description=(
-            "Differentiate the objective of whole simulated rollouts (relaxed hysteresis) "
+            "Estimate the gradient of the objective of whole simulated rollouts (--estimator) "
             "with respect to alpha, beta, the thresholds, the dwell, the EWMA rates, the "
             "policy gains and the authority thresholds; optimise with adam; then compare "
             "against the defaults, the baselines and a random search with the same number "
@@ -61,14 +62,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, metavar="PATH",
                    help=f"settings TOML (default: the shipped {DEFAULT_CONFIG_NAME})")
     p.add_argument("--params", default=None, metavar="PATH",
-                   help="starting params TOML (default: NarsetParams()); a budget line in "
+                   help="starting params TOML or a preset (tuned; default: "
+                   "NarsetParams()); a budget line in "
                    "it fixes the budget mode for every scenario (otherwise each scenario's "
                    "recommended mode is used, as by narset simulate)")
     p.add_argument("--batch", type=int, default=None, help="seeds per scenario per iteration")
     p.add_argument("--lr", type=float, default=None, help="adam learning rate")
     p.add_argument("--clip", type=float, default=None, help="global-norm gradient clip")
+    p.add_argument("--estimator", default=None, choices=ESTIMATORS, help="gradient estimator "
+                   "(default smoothed); docs/tuning.md section 3")
+    p.add_argument("--smoothing-sigma", type=float, default=None, metavar="SIGMA",
+                   help="--estimator smoothed: s.d. of the perturbations, raw units (0.2)")
     p.add_argument("--hysteresis", default=None, choices=("soft", "straight_through"),
-                   help="relaxation used for the gradient")
+                   help="old flag: selects --estimator soft or straight_through")
     p.add_argument("--anneal", type=float, default=None, metavar="F",
                    help="anneal the temperatures geometrically to F times their value")
     p.add_argument("--truncate", type=int, default=None, metavar="W",
@@ -80,6 +86,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="simulation dtype (default float32)")
     p.add_argument("--sigma", type=float, default=None,
                    help="random search: s.d. of perturbations in raw units")
+    p.add_argument("--warm-start", type=float, default=None, metavar="F", help="share of "
+                   "the budget spent first on random search, whose best the method starts "
+                   "from (default: 0 for grad, 0.5 for es)")
+    p.add_argument("--ecology", default=None, metavar="NAME", help="stylised (default) or "
+                   "neural (--method es only); --scenario/--holdout name its scenarios")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="C",
                    help="write checkpoint.npz every C iterations")
     p.add_argument("--resume", action="store_true",
@@ -88,8 +99,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="stop (with a checkpoint) once K iterations are done, as if "
                    "interrupted; continue later with --resume")
     p.add_argument("--holdout", action="append", default=None, metavar="NAME",
-                   help="held-out evaluation scenario (repeatable; default: every shipped "
-                   "scenario not trained on)")
+                   help="held-out evaluation scenario: a shipped name or a scenario TOML "
+                   "file (repeatable; default: every shipped scenario not trained on)")
     p.add_argument("--baselines", default=None, metavar="LIST",
                    help="comma-separated baseline controllers to evaluate (default: all of "
                    "static_split, single_threshold, no_inertia, always_overdrive; 'none')")
@@ -99,7 +110,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--eval-steps", type=int, default=None, help="windows for evaluation")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--method", default=None, choices=("grad", "es"),
-                   help="grad: gradient descent through the relaxed controller (default); "
+                   help="grad: gradient descent with --estimator (default); "
                    "es: an evolution strategy on the hard controller with the same rollout "
                    "budget (settings in the config's [es] table; --iters must be a multiple "
                    "of its population)")
@@ -120,6 +131,7 @@ def _settings(args) -> tuple[dict[str, Any], set[str]]:
         "batch": args.batch,
         "learning_rate": args.lr,
         "clip_norm": args.clip,
+        "estimator": args.estimator, "smoothing_sigma": args.smoothing_sigma,
         "hysteresis": args.hysteresis,
         "anneal": args.anneal,
         "truncate": args.truncate,
@@ -127,11 +139,14 @@ def _settings(args) -> tuple[dict[str, Any], set[str]]:
         "seed": args.seed,
         "dtype": args.dtype,
         "sigma": args.sigma,
+        "warm_start": args.warm_start,
+        "ecology": args.ecology,
         "method": args.method,
         "checkpoint_every": args.checkpoint_every,
         "eval_seeds": args.eval_seeds,
     }
-    return tune.build_settings(flags, config=args.config, params=args.params)
+    from sims.tune.presets import params_file
+    return tune.build_settings(flags, config=args.config, params=params_file(args.params))
 
 
 def run(args) -> int:

@@ -19,13 +19,19 @@ The library behind ``narset tune``, one topic per module:
   groups' losses are summed ([`sims.tune.budget_groups`][]).
 - **Training** (``training``). optax adam after clipping by global norm, a fresh batch of
   seeds each iteration, optional temperature annealing ([`sims.tune.train`][]).
+- **Gradient estimators** (``estimators``): the default ``smoothed`` estimator (the hard
+  controller under per-region Gaussian perturbations, antithetic score function, one
+  sample per region) and the pathwise ones (``soft``, ``anneal``, ``straight_through``,
+  ``saturating``) ([`sims.tune.smoothed_grad`][]).
 - **Evolution strategies** (``es``): the gradient-free peer, evosax's strategies on the
   hard controller with the gradient's rollout budget, each generation's population in one
   vmapped call ([`sims.tune.es_train`][]); ``narset tune --method es``.
 - **The surrogate gap** (``surrogate``): the relaxed against the hard objective at the
   start and at the final params, and their rank agreement over the random search's
   candidates ([`sims.tune.surrogate_report`][]).
-- **Random search** (``search``) with the same number of rollouts, and **evaluation**
+- **Random search** (``search``) with the same number of rollouts (optionally, and by
+  default for ES, its first half is also the method's warm start: the method starts from
+  the best of its first candidates, [`sims.tune.warm_start_split`][]), and **evaluation**
   (``evaluation``, ``stats``) with the hard controller on held-out seeds, with
   t-intervals ([`sims.tune.random_search`][], [`sims.tune.evaluate`][]).
 - **A run** (``settings``, ``checkpoint``, ``run``): the settings and their checks, the
@@ -43,7 +49,21 @@ from sims.tune.checkpoint import (
     save_checkpoint,
 )
 from sims.tune.es import ESHistory, es_train, evolve
-from sims.tune.evaluation import REPORT_METRICS, evaluate, format_table, rollout_objectives
+from sims.tune.estimators import (
+    DEFAULT_ESTIMATOR,
+    ESTIMATORS,
+    grouped_smoothed_grad,
+    region_objectives,
+    smoothed_grad,
+)
+from sims.tune.evaluation import (
+    REPORT_METRICS,
+    evaluate,
+    format_table,
+    load_holdout,
+    load_scenario,
+    rollout_objectives,
+)
 from sims.tune.loss import (
     BudgetGroup,
     TuneConfig,
@@ -68,7 +88,13 @@ from sims.tune.params_map import (
     with_temperature,
 )
 from sims.tune.run import TuneResult, params_toml, run_tune
-from sims.tune.search import SearchResult, candidate_raws, random_search
+from sims.tune.search import (
+    SearchResult,
+    candidate_raws,
+    random_search,
+    warm_start,
+    warm_start_split,
+)
 from sims.tune.settings import (
     DEFAULT_CONFIG,
     DEFAULTS,
@@ -99,6 +125,8 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "DEFAULTS",
     "DEFAULT_CONFIG",
+    "DEFAULT_ESTIMATOR",
+    "ESTIMATORS",
     "ES_KEYS",
     "REPORT_METRICS",
     "RUN_KEYS",
@@ -128,8 +156,11 @@ __all__ = [
     "from_params",
     "grouped_loss_and_grad",
     "grouped_population_objectives",
+    "grouped_smoothed_grad",
     "hard",
     "load_checkpoint",
+    "load_holdout",
+    "load_scenario",
     "loss_and_grad",
     "make_optimizer",
     "params_toml",
@@ -137,6 +168,7 @@ __all__ = [
     "random_search",
     "read_checkpoint_meta",
     "read_config",
+    "region_objectives",
     "rollout_metrics",
     "rollout_objectives",
     "run_config",
@@ -144,6 +176,7 @@ __all__ = [
     "run_tune",
     "save_checkpoint",
     "scenario_params",
+    "smoothed_grad",
     "spearman",
     "stack_scenarios",
     "surrogate_report",
@@ -155,5 +188,7 @@ __all__ = [
     "train_step",
     "truncated_scan",
     "verdict",
+    "warm_start",
+    "warm_start_split",
     "with_temperature",
 ]

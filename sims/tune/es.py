@@ -11,9 +11,12 @@ and what is optimised.
 gradient's iteration ``g`` (the same keys, [`sims.tune.batch_keys`][]: common random
 numbers within a generation, fresh seeds every generation), and a run has ``K / P``
 generations for ``K`` gradient iterations, so ES uses exactly the gradient's ``K * S * B``
-rollouts (``--iters`` must be a multiple of the population). The whole population of a
-budget mode's scenarios is one jitted, vmapped call
-([`sims.tune.population_objectives`][]).
+rollouts (``narset tune`` gives it the iterations the warm start leaves,
+[`sims.tune.warm_start_split`][], a multiple of the population). The whole population of
+a budget mode's scenarios is one jitted, vmapped call
+([`sims.tune.population_objectives`][]) of the rollout on ``TuneConfig.ecology``: any
+[`sims.Ecology`][], the neural one included (it has no relaxed step, so only ES tunes on
+it).
 
 **Result.** The distribution's mean after the last generation (as the gradient returns its
 last iterate, not its best batch). Each generation's best candidate and the best so far are
@@ -310,9 +313,9 @@ def check_es_settings(s: Mapping[str, Any]) -> None:
         value = s[key]
         if value is not None and not (value > 0 and math.isfinite(value)):
             raise UserError(f"[es] {key[3:]} must be > 0, got {value}")
-    if s["iters"] % pop:
+    if not s.get("warm_start", 0) and s["iters"] % pop:
         raise UserError(
             f"--method es: --iters {s['iters']} is not a multiple of the ES population {pop} "
-            "([es] population): ES runs iters / population generations, so that it uses the "
-            "gradient's iters x scenarios x batch rollouts"
+            "([es] population): without a warm start ES runs iters / population "
+            "generations, so that it uses the gradient's iters x scenarios x batch rollouts"
         )

@@ -16,13 +16,24 @@ import jax.numpy as jnp
 import numpy as np
 
 import sims
+from narset_jax.errors import UserError
 from narset_jax.params import NarsetParams
 from sims.tune.loss import scenario_params
 from sims.tune.params_map import hard
 from sims.tune.stats import t_interval, verdict
 from sims.tune.training import STREAM_EVAL, run_keys
 
-__all__ = ["REPORT_METRICS", "evaluate", "format_table", "rollout_objectives"]
+__all__ = [
+    "REPORT_METRICS",
+    "check_relaxed_step",
+    "evaluate",
+    "format_budget",
+    "format_table",
+    "load_holdout",
+    "load_scenario",
+    "relaxed_step_error",
+    "rollout_objectives",
+]
 
 REPORT_METRICS = (
     "progress",
@@ -33,6 +44,73 @@ REPORT_METRICS = (
     "rollbacks",
     "spoofer_capture",
 )
+
+
+def load_scenario(name, ecology=None, *, flag: str = "--scenario"):
+    """The params of ``ecology`` (default the stylised one) that ``name`` names: one of its
+    shipped scenarios or a scenario TOML file, through the ecology's ``load_scenario``
+    ([`sims.Ecology`][]). A bad name or file is a one-line ``UserError`` that starts with
+    ``flag`` and names the file."""
+    eco = sims.get_ecology(ecology)
+    try:
+        return eco.load_scenario(name)
+    except (ValueError, OSError) as err:
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        raise UserError(f"{flag} {str(name)!r}: {lines[0]}") from None
+
+
+def load_holdout(names, train_labels, ecology=None) -> dict[str, Any]:
+    """The held-out evaluation scenarios, ``label -> params``: ``names`` (shipped names of
+    ``ecology`` or TOML files, any ecology's; see [`sims.tune.load_scenario`][]), or by
+    default every shipped scenario of the ecology not trained on. A held-out scenario
+    whose label (its ``name``, else the file's stem) is a training scenario's or another
+    held-out one's is refused in one line, as is an empty list."""
+    eco = sims.get_ecology(ecology)
+    if names is None:
+        names = [n for n in eco.scenarios if n not in train_labels]
+    holdout: dict[str, Any] = {}
+    for name in names:
+        sc = load_scenario(name, eco, flag="--holdout")
+        if sc.name in train_labels:
+            raise UserError(f"--holdout {str(name)!r} is also a training scenario "
+                            f"({sc.name!r}); give its file another name")
+        if sc.name in holdout:
+            raise UserError(f"--holdout {str(name)!r}: a held-out scenario is already named "
+                            f"{sc.name!r}; give one of them another name")
+        holdout[sc.name] = sc
+    if not holdout:
+        raise UserError("no held-out scenario: every shipped scenario is trained on; "
+                        "pass --holdout PATH.toml")
+    return holdout
+
+
+def relaxed_step_error(ecology, scenario, relax: str = "soft") -> str | None:
+    """``None`` if a window of ``ecology`` runs under the relaxed hysteresis ``relax``
+    (traced with ``jax.eval_shape``, nothing is computed), else the first line of the
+    ``NotImplementedError`` its step raises (the neural ecology has no relaxed form)."""
+    eco = sims.get_ecology(ecology)
+    params = NarsetParams(hysteresis=relax)
+    scenario = eco.prepare(scenario.without_metadata())
+
+    def window():
+        carry = sims.rollout_init(params, scenario, jax.random.key(0), 2, ecology=eco)
+        return sims.rollout_chunk(params, scenario, carry, 1, ecology=eco)[0]
+
+    try:
+        jax.eval_shape(window)
+    except NotImplementedError as err:
+        return (str(err).strip().splitlines() or ["no relaxed step"])[0]
+    return None
+
+
+def check_relaxed_step(ecology, scenario, relax: str = "soft") -> None:
+    """A one-line ``UserError`` for ``--method grad`` on an ecology without a relaxed step
+    (see [`sims.tune.evaluation.relaxed_step_error`][])."""
+    eco = sims.get_ecology(ecology)
+    why = relaxed_step_error(eco, scenario, relax)
+    if why is not None:
+        raise UserError(f"--method grad is not available on the {eco.name} ecology ({why}); "
+                        "use --method es, which tunes the hard controller on any ecology")
 
 
 def rollout_objectives(params, controller, scenario, keys, n_regions, n_steps, weights, dtype,
@@ -168,3 +246,27 @@ def format_table(evaluation: dict[str, Any], held_out: set[str], reference: str,
                 lines.append(f"  -> {label} vs {other}: dJ = {d['mean']:.3f} "
                              f"[{d['lo']:.3f}, {d['hi']:.3f}], {verdict(d)}")
     return "\n".join(lines)
+
+
+def format_budget(method: str, warm: Mapping[str, Any], rollouts: int, batch: int,
+                  seconds: Mapping[str, float], population: int = 1) -> str:
+    """Two lines under the evaluation table: what the tuned params and the random search
+    each spent in rollouts (the same number), and their wall times. ``warm``: the run's
+    ``warm_start`` record; ``batch``: rollouts per candidate or iteration (``S x B``);
+    ``seconds``: ``train``, ``random_search``, ``surrogate``, ``evaluation``;
+    ``population``: ES candidates per generation."""
+    name = {"grad": "gradient", "es": "ES"}.get(method, method)
+    n_warm, n_method = warm["random_search_candidates"], warm["method_iterations"]
+    n_rs = rollouts // batch
+    steps = (f"{n_method // population} ES generations x {population} candidates x {batch}"
+             if method == "es" else f"{n_method} {name} iterations x {batch}")
+    spent = (steps if not n_warm else f"random search {n_warm} candidates x {batch}, then "
+             f"{steps} from its best (candidate {warm['start']})")
+    tuned_s = seconds["train"] + seconds["random_search"] * n_warm / max(n_rs, 1)
+    return (f"Rollouts: tuned {spent} = {rollouts}; random_search {n_rs} candidates x "
+            f"{batch} = {rollouts}.\n"
+            f"Wall time: tuned {tuned_s:.1f} s ({name} {seconds['train']:.1f} s"
+            + (" + its share of the random search's" if n_warm else "")
+            + f"), random_search {seconds['random_search']:.1f} s, surrogate report "
+            f"{seconds['surrogate']:.1f} s, evaluation {seconds['evaluation']:.1f} s "
+            "(compilation included).")

@@ -1,7 +1,8 @@
 """The tuning loss: the mean of [`sims.objective`][] over a batch of scenarios and seeds.
 
-Each term is a full rollout (``lax.scan`` over simulator plus controller) with the
-``"soft"`` or ``"straight_through"`` hysteresis, optionally ``jax.checkpoint``-ed per
+Each term is a full rollout (``lax.scan`` over simulator plus controller) with a relaxed
+(``"soft"``, ``"straight_through"`` or ``"saturating"``) hysteresis: the pathwise
+estimators of [`sims.tune.estimators`][], optionally ``jax.checkpoint``-ed per
 window and optionally truncated into windows of ``truncate`` steps. Every rollout runs
 with its scenario's recommended budget mode unless one mode is fixed for all
 ([`sims.tune.scenario_params`][]); the budget mode is static, so a training batch is split

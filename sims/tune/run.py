@@ -1,10 +1,14 @@
-"""One tuning run, as ``narset tune`` makes it: train, random search, surrogate report,
+"""One tuning run, as ``narset tune`` makes it: random search, train, surrogate report,
 evaluate, write.
 
-[`sims.tune.run_tune`][] trains with the relaxed controller (``method="grad"``) or with an
-evolution strategy on the hard controller (``method="es"``, [`sims.tune.es`][]),
-checkpointing every few iterations or generations (a resumed run continues bit for bit),
-then runs a random search with the same number of rollouts, measures the surrogate gap
+[`sims.tune.run_tune`][] runs a random search with the run's rollout budget; with a warm
+start (``warm_start``, by default for ES only, [`sims.tune.warm_start_split`][]) the method
+then starts from the best of its first candidates and gets the rest of the budget, so
+that the tuned params and the random search's best cost the same rollouts. It trains with
+a gradient estimator (``method="grad"``) or with an evolution strategy on the hard
+controller (``method="es"``, [`sims.tune.es`][]) on any ecology that supports it
+(``ecology``), checkpointing every few iterations or generations (a resumed run continues
+bit for bit), measures the surrogate gap
 ([`sims.tune.surrogate`][]) and evaluates the starting params, the tuned params, the
 random search's best and the baselines with the **hard** controller on held-out seeds and
 held-out scenarios. It writes ``params.toml``, ``random_search_params.toml``,
@@ -27,7 +31,7 @@ import sims
 from narset_jax.atomic import write_json, write_text
 from narset_jax.errors import UserError
 from narset_jax.params import NarsetParams
-from sims.tune import checkpoint, es, evaluation, search, surrogate, training
+from sims.tune import checkpoint, es, estimators, evaluation, search, surrogate, training
 from sims.tune.loss import TuneConfig, scenario_params
 from sims.tune.params_map import TUNED, anneal_factor, from_params, hard, to_params
 from sims.tune.settings import ES_KEYS, RUN_KEYS, check_settings, run_config
@@ -59,10 +63,10 @@ def params_toml(params: NarsetParams, header: list[str], budget: str | None) -> 
     return "".join(f"# {h}\n" for h in header) + text
 
 
-def _scenario_entries(names) -> list[dict[str, Any]]:
+def _scenario_entries(names, ecology=None) -> list[dict[str, Any]]:
     entries = []
     for name in names:
-        sc = sims.load_scenario(name)
+        sc = evaluation.load_scenario(name, ecology)
         entries.append({"name": name, "label": sc.name, "values": sc.without_metadata().to_dict()})
     return entries
 
@@ -75,31 +79,21 @@ def _resume_settings(settings: dict[str, Any], explicit: set[str], ckpt_path: Pa
     stored = checkpoint.read_checkpoint_meta(ckpt_path)
     current = dict(settings)
     # A gradient run's settings leave out the ES keys: its method is "grad".
-    config = {"method": "grad", **stored["config"]}
-    for key in RUN_KEYS + ES_KEYS:
+    config = {"method": "grad", "ecology": "stylised", **stored["config"]}
+    for key in RUN_KEYS + ES_KEYS + ("ecology",):
         if key in explicit and key in config:
             given = json.loads(json.dumps(current[key]))
             if given != config[key]:
                 raise UserError(f"--resume: {key} = {given!r} differs from the "
                                 f"checkpoint's {config[key]!r}")
     settings.update(stored["config"])
+    if "estimator" not in stored["config"]:  # a checkpoint from before --estimator
+        settings["estimator"] = estimators.legacy_estimator(settings["hysteresis"],
+                                                            settings["anneal"])
+    if "warm_start" not in stored["config"]:  # a checkpoint from before the warm start
+        settings["warm_start"] = 0.0
     settings["base_source"] = stored.get("base_source", "defaults")
     return stored
-
-
-def _holdout(names, train_labels) -> dict[str, sims.Scenario]:
-    if names is None:
-        names = [n for n in sims.SCENARIOS if n not in train_labels]
-    holdout = {}
-    for name in names:
-        sc = sims.load_scenario(name)
-        if sc.name in train_labels:
-            raise UserError(f"--holdout {name!r} is also a training scenario")
-        holdout[sc.name] = sc
-    if not holdout:
-        raise UserError("no held-out scenario: every shipped scenario is trained on; "
-                        "pass --holdout PATH.toml")
-    return holdout
 
 
 def _baselines(spec: str | None) -> list[str]:
@@ -158,6 +152,8 @@ def run_tune(
     elif ckpt_path.exists():
         raise UserError(f"{out} already holds a run ({checkpoint.CHECKPOINT}); pass --resume "
                         "to continue it, or choose another --out")
+    if settings.get("warm_start") is None:  # the method's default
+        settings["warm_start"] = search.WARM_START.get(settings.get("method"), 0.0)
     check_settings(settings)
     es.check_es_settings(settings)
     method = settings["method"]
@@ -171,13 +167,17 @@ def run_tune(
     import jax.numpy as jnp
     from tqdm import tqdm
 
-    entries = _scenario_entries(settings["scenarios"])
+    eco_name = settings.get("ecology", "stylised")
+    if eco_name not in sims.ECOLOGIES:
+        raise UserError(f"unknown --ecology {eco_name!r}; valid: {', '.join(sims.ECOLOGIES)}")
+    ecology = None if eco_name == "stylised" else sims.get_ecology(eco_name)
+    entries = _scenario_entries(settings["scenarios"], ecology)
     if stored is not None:
         for entry, old in zip(entries, stored["scenario_values"]):
             if json.loads(json.dumps(entry["values"])) != old:
                 raise UserError(f"--resume: scenario {entry['name']!r} changed since the "
                                 "checkpoint was written")
-    train_scenarios = [sims.load_scenario(n) for n in settings["scenarios"]]
+    train_scenarios = [evaluation.load_scenario(n, ecology) for n in settings["scenarios"]]
     train_labels = [e["label"] for e in entries]
     budget = settings["budget"]
     base_hard = NarsetParams.from_dict(settings["base_params"])
@@ -185,7 +185,7 @@ def run_tune(
     if stored is not None and stored.get("train_budgets") != train_budgets:
         raise UserError(f"--resume: the training scenarios' budget modes {train_budgets} "
                         f"differ from the checkpoint's {stored.get('train_budgets')}")
-    held_out = _holdout(holdout, train_labels)
+    held_out = evaluation.load_holdout(holdout, train_labels, ecology)
     baseline_names = _baselines(baselines)
 
     dtype = jnp.dtype(settings["dtype"]).type
@@ -196,10 +196,34 @@ def run_tune(
         raise UserError(f"--eval-regions and --eval-steps must be positive, got {eN} and {eT}")
     S, B = len(train_scenarios), settings["batch"]
     weights = sims.ObjectiveWeights(**settings["weights"])
-    base = base_hard.replace(hysteresis=settings["hysteresis"])
+    P = settings["es_population"] if method == "es" else 1
+    try:  # the random search's share of the rollouts, then the method's iterations
+        n_warm, K_m = search.warm_start_split(K, settings["warm_start"], P)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if method == "grad" and ecology is not None:
+        evaluation.check_relaxed_step(ecology, train_scenarios[0])
+
+    # Random search with the same number of rollouts (its first n_warm candidates are the
+    # warm start's search: the method starts from their best).
+    rs_bar = tqdm(total=K, desc="random search", unit="cand", file=sys.stderr,
+                  disable=not progress)
+    t1 = time.perf_counter()
+    try:
+        rs = search.random_search(
+            base_hard, train_scenarios, candidates=K, batch=B, n_regions=N, n_steps=T,
+            seed=settings["seed"], sigma=settings["sigma"], weights=weights, budget=budget,
+            dtype=dtype, progress=lambda i: rs_bar.update(1), ecology=ecology,
+        )
+    finally:
+        rs_bar.close()
+    rs_s = time.perf_counter() - t1
+    warm = search.warm_start(rs, n_warm)
+    start_hard = base_hard if warm is None else hard(to_params(rs.raw_at(warm), base_hard))
+    base = start_hard.replace(hysteresis=settings["hysteresis"])
     truncate = settings["truncate"] or None
     cfg = TuneConfig(n_regions=N, n_steps=T, truncate=truncate,
-                     checkpoint=settings["remat"], dtype=settings["dtype"])
+                     checkpoint=settings["remat"], dtype=settings["dtype"], ecology=ecology)
     optimizer = training.make_optimizer(settings["learning_rate"], settings["clip_norm"])
     meta = {
         "config": run_config(settings),
@@ -209,13 +233,12 @@ def run_tune(
         "train_key": jax.random.key_data(
             training.run_keys(settings["seed"], training.STREAM_TRAIN)).tolist(),
     }
-    P = settings["es_population"] if method == "es" else 1
-    steps_total = K // P  # gradient iterations, or ES generations
+    steps_total = K_m // P  # gradient iterations, or ES generations
     es_opts = {}
     if method == "es":
         es_opts = dict(population=P, strategy=settings["es_strategy"],
                        sigma=settings["es_sigma"], learning_rate=settings["es_learning_rate"])
-        _, _, template = es.es_init(es.start_raw(base_hard), seed=settings["seed"], **es_opts)
+        _, _, template = es.es_init(es.start_raw(start_hard), seed=settings["seed"], **es_opts)
         state, history = template, es.ESHistory()
     else:
         template = training.train_init(from_params(base.astype(dtype), dtype), optimizer)
@@ -228,20 +251,26 @@ def run_tune(
 
     budgets = (", ".join(f"{lab} {b}" for lab, b in zip(train_labels, train_budgets))
                + ("" if budget is None else " (fixed by --params)"))
+    warm_txt = ("" if warm is None else f"random search {n_warm} candidates x {S} scenario(s) "
+                f"x {B} seeds, then from its best (candidate {warm}): ")
+    eco_txt = "" if ecology is None else f"{eco_name} ecology, "
     if method == "es":
         log(
-            f"narset tune --method es: {steps_total} generations x {P} candidates x {S} "
-            f"scenario(s) x {B} seeds = {K * S * B} rollouts of N={N} regions x T={T} windows "
-            f"(hard hysteresis, {settings['es_strategy']}, sigma {settings['es_sigma']}; "
+            f"narset tune --method es: {warm_txt}{steps_total} generations x {P} candidates x "
+            f"{S} scenario(s) x {B} seeds; {K * S * B} rollouts in all of N={N} regions x "
+            f"T={T} windows ({eco_txt}hard hysteresis, {settings['es_strategy']}, sigma "
+            f"{settings['es_sigma']}; "
             f"budget {budgets}); "
             + (f"resuming at generation {state.iteration}; " if stored is not None else "")
             + "compiling..."
         )
     else:
         log(
-            f"narset tune: {K} iterations x {S} scenario(s) x {B} seeds = {K * S * B} rollouts "
-            f"of N={N} regions x T={T} windows ({settings['hysteresis']} hysteresis"
-            f"{', truncated to ' + str(truncate) if truncate else ''}"
+            f"narset tune: {warm_txt}{K_m} iterations x {S} scenario(s) x {B} seeds; "
+            f"{K * S * B} rollouts in all of N={N} regions x T={T} windows ("
+            + estimators.describe(settings["estimator"], settings["smoothing_sigma"],
+                                  settings["anneal"])
+            + f"{', truncated to ' + str(truncate) if truncate else ''}"
             f"{', remat' if settings['remat'] else ''}; budget "
             + budgets + "); "
             + (f"resuming at iteration {state.iteration}; " if stored is not None else "")
@@ -277,15 +306,16 @@ def run_tune(
     try:
         if method == "es":
             state, history = es.es_train(
-                base_hard, train_scenarios, iters=K, cfg=cfg, batch=B, seed=settings["seed"],
+                start_hard, train_scenarios, iters=K_m, cfg=cfg, batch=B, seed=settings["seed"],
                 weights=weights, budget=budget, state=state, history=history,
                 stop_after=stop_after, callback=callback, **es_opts,
             )
         else:
             state, history = training.train(
-                base, train_scenarios, iters=K, cfg=cfg, batch=B, seed=settings["seed"],
+                base, train_scenarios, iters=K_m, cfg=cfg, batch=B, seed=settings["seed"],
                 weights=weights, learning_rate=settings["learning_rate"],
                 clip_norm=settings["clip_norm"], anneal=settings["anneal"], budget=budget,
+                estimator=settings["estimator"], smoothing_sigma=settings["smoothing_sigma"],
                 state=state,
                 history=history, stop_after=stop_after, callback=callback,
             )
@@ -310,32 +340,32 @@ def run_tune(
 
     tuned = hard(to_params(state.raw, base_hard))
     n_rollouts = K * S * B
-
-    # Random search with the same number of rollouts.
-    rs_bar = tqdm(total=K, desc="random search", unit="cand", file=sys.stderr,
-                  disable=not progress)
-    t1 = time.perf_counter()
-    try:
-        rs = search.random_search(
-            base_hard, train_scenarios, candidates=K, batch=B, n_regions=N, n_steps=T,
-            seed=settings["seed"], sigma=settings["sigma"], weights=weights, budget=budget,
-            dtype=dtype, progress=lambda i: rs_bar.update(1),
-        )
-    finally:
-        rs_bar.close()
-    rs_s = time.perf_counter() - t1
+    warm_info = {
+        "share": settings["warm_start"], "random_search_candidates": n_warm,
+        "method_iterations": K_m, "start": warm,
+        "start_score": None if warm is None else float(rs.scores[warm]),
+        "rule": "the method starts from the best of the random search's first "
+                "random_search_candidates candidates (hard objective, shared seeds)",
+    }
 
     # The surrogate gap, on the random search's rollouts (training iteration 0's keys).
     t3 = time.perf_counter()
-    rs_raws = search.candidate_raws(base_hard, K, seed=settings["seed"], sigma=settings["sigma"])
-    sur = surrogate.surrogate_report(
-        base_hard, train_scenarios, train_labels, hysteresis=settings["hysteresis"],
+    rs_raws = rs.raws
+    # ES has no estimator of its own: its report is of the estimator set, or of the soft
+    # relaxation when that is the (default) smoothed one.
+    sur_est = settings["estimator"] if method == "grad" or settings["estimator"] != "smoothed" \
+        else "soft"
+    no_relax = None if ecology is None else evaluation.relaxed_step_error(
+        ecology, train_scenarios[0])
+    sur = None if no_relax else surrogate.surrogate_report(
+        base_hard, train_scenarios, train_labels, estimator=sur_est,
+        smoothing_sigma=settings["smoothing_sigma"], seed=settings["seed"],
         candidates={n: jnp.stack([jnp.asarray(r[n]) for r in rs_raws]) for n in TUNED},
         hard_candidates=rs.objectives, final_raw=state.raw,
-        final_temp=anneal_factor(K - 1, K, settings["anneal"]) if method == "grad" else 1.0,
+        final_temp=anneal_factor(K_m - 1, K_m, settings["anneal"]) if method == "grad" else 1.0,
         keys=training.batch_keys(training.run_keys(settings["seed"], training.STREAM_TRAIN),
                                  0, S, B),
-        n_regions=N, n_steps=T, weights=weights, budget=budget, dtype=dtype,
+        n_regions=N, n_steps=T, weights=weights, budget=budget, dtype=dtype, ecology=ecology,
     )
     sur_s = time.perf_counter() - t3
 
@@ -356,7 +386,7 @@ def run_tune(
             candidates, eval_scenarios, seeds=n_eval, n_regions=eN, n_steps=eT,
             seed=settings["seed"], weights=weights, reference=ref,
             pairs=[("tuned", "random_search")], budget=budget, dtype=dtype,
-            progress=lambda: ev_bar.update(1),
+            progress=lambda: ev_bar.update(1), ecology=ecology,
         )
     finally:
         ev_bar.close()
@@ -364,7 +394,10 @@ def run_tune(
 
     # Outputs.
     what = (f"--method es ({settings['es_strategy']}): {steps_total} generations x {P} "
-            "candidates" if method == "es" else f"{K} iterations")
+            "candidates" if method == "es" else f"{K_m} iterations")
+    if warm is not None:
+        what = (f"random search of {n_warm} candidates, then from its best (candidate {warm})"
+                f" {what}")
     header = [f"narset tune: {what} on {', '.join(train_labels)}; N={N}, T={T}, "
               f"batch {B}, seed {settings['seed']}", "hard hysteresis for simulation and "
               "deployment; see history.json and evaluation.json"]
@@ -382,6 +415,7 @@ def run_tune(
         "random_search": {"scores": rs.scores.tolist(), "best": rs.best,
                           "rollouts": rs.rollouts},
     }
+    hist_doc["warm_start"] = warm_info
     if method == "es":
         hist_doc["es"] = {"generations": steps_total, "population": P, "rollouts": n_rollouts,
                           "result": "the search distribution's mean after the last generation"}
@@ -403,6 +437,7 @@ def run_tune(
                 if method == "grad" else
                 {"es": n_rollouts, "random_search": rs.rollouts,
                  "note": "both score every candidate with the hard controller"}),
+            "warm_start": warm_info,
         },
         "results": ev,
     }
@@ -421,7 +456,10 @@ def run_tune(
         out / "params_before_after.png",
         random_search={n: float(getattr(rs.params, n)) for n in TUNED},
     )
-    table = evaluation.format_table(ev, held, ref, n_eval, eN, eT)
+    seconds = {"train": train_s, "random_search": rs_s, "surrogate": sur_s,
+               "evaluation": eval_s}
+    table = (evaluation.format_table(ev, held, ref, n_eval, eN, eT) + "\n\n"
+             + evaluation.format_budget(method, warm_info, n_rollouts, S * B, seconds, P))
     verdicts = {
         sc: {
             f"tuned vs {ref}": verdict(rows["tuned"]["delta"]),
@@ -442,12 +480,14 @@ def run_tune(
             "rollouts": {"gradient": n_rollouts, "random_search": rs.rollouts},
             "final_loss": history.loss[-1], "final_grad_norm": history.grad_norm[-1],
             "skipped_steps": int(sum(not f for f in history.finite)),
+            "estimator": settings["estimator"],
+            "knobs": estimators.knob_report(base_hard, tuned, history),
         }
     summary = {
         "command": "tune", "status": "done", "out": str(out), "method": method,
         **training_summary,
-        "seconds": {"train": train_s, "random_search": rs_s, "surrogate": sur_s,
-                    "evaluation": eval_s},
+        "seconds": {**seconds, "tuned": train_s + rs_s * n_warm / K},
+        "warm_start": warm_info,
         "held_out_scenarios": sorted(held), "budget": eval_doc["protocol"]["budget"],
         "verdicts": verdicts,
         "evaluation": {sc: {label: {"objective": row["objective"], "delta": row["delta"],
@@ -455,7 +495,10 @@ def run_tune(
                             for label, row in rows.items()}
                        for sc, rows in ev.items()},
         "tuned_params": {n: float(getattr(tuned, n)) for n in TUNED},
-        "surrogate": sur,
+        "surrogate": sur if sur is not None else {"skipped": no_relax},
         "files": {k: str(v) for k, v in files.items()},
     }
-    return TuneResult(summary, table, surrogate.format_surrogate(sur))
+    sur_text = (surrogate.format_surrogate(sur) if sur is not None else
+                f"Surrogate gap: not measured: the {eco_name} ecology has no relaxed step "
+                f"({no_relax}).")
+    return TuneResult(summary, table, sur_text)

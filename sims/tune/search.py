@@ -16,13 +16,28 @@ from sims.tune.loss import scenario_params
 from sims.tune.params_map import TUNED, from_params, hard, to_params
 from sims.tune.training import STREAM_TRAIN, batch_keys, run_keys
 
-__all__ = ["SearchResult", "candidate_raws", "random_search"]
+__all__ = [
+    "WARM_START",
+    "SearchResult",
+    "candidate_raws",
+    "random_search",
+    "warm_start",
+    "warm_start_split",
+]
+
+WARM_START = {"grad": 0.0, "es": 0.5}
+"""The default share of the rollout budget spent on the warm start's random search, per
+method (``[random_search] warm_start`` or ``--warm-start`` override it). Measured in
+``docs/tuning.md`` (sections 6 and 7): ES, with ``K / 8`` generations, was significantly
+worse than the random search on every scenario without it and never with it; the
+(smoothed) gradient does far better with all its iterations than from a warm start."""
 
 
 class SearchResult(NamedTuple):
     """Result of [`sims.tune.random_search`][]: the best ``raw`` and its params,
     every candidate's mean objective, the index of the best, the rollouts used, and every
-    rollout's objective ``[candidates, S, B]`` (``objectives``)."""
+    rollout's objective ``[candidates, S, B]`` (``objectives``) and every candidate's raw
+    params (``raws``, see [`sims.tune.candidate_raws`][])."""
 
     raw: dict
     params: NarsetParams
@@ -30,6 +45,13 @@ class SearchResult(NamedTuple):
     best: int
     rollouts: int
     objectives: np.ndarray | None = None
+    raws: list | None = None
+
+    def raw_at(self, index: int) -> dict:
+        """The raw params of candidate ``index``."""
+        if self.raws is None:
+            raise ValueError("this SearchResult does not hold its candidates' raws")
+        return self.raws[index]
 
 
 def candidate_raws(base: NarsetParams, candidates: int, *, seed: int = 0,
@@ -104,4 +126,40 @@ def random_search(
         best=best,
         rollouts=candidates * len(scenarios) * batch,
         objectives=objectives,
+        raws=raws,
     )
+
+
+def warm_start_split(iters: int, share: float, population: int = 1) -> tuple[int, int]:
+    """How a run of ``iters`` iterations' rollouts is split by ``share`` (``[random_search]
+    warm_start``): ``(candidates, method_iters)``, the random-search candidates scored
+    first and the iterations the method (gradient or ES) then runs from their best, with
+    ``candidates + method_iters == iters``, so the run uses exactly the rollouts of
+    ``iters`` iterations. ``method_iters`` is the largest multiple of ``population`` (ES
+    generations are whole) not above ``iters * (1 - share)``, and at least one
+    population; ``share = 0`` is ``(0, iters)``: the method starts from the starting
+    params. A ``ValueError`` if no iteration would be left."""
+    if not 0 <= share < 1:
+        raise ValueError(f"warm_start must be in [0, 1), got {share}")
+    if share == 0:
+        return 0, iters
+    method = population * int(iters * (1 - share) / population + 1e-9)
+    if method < population:
+        raise ValueError(
+            f"warm_start {share}: --iters {iters} leaves no "
+            + (f"generation of {population} candidates" if population > 1 else "iteration")
+            + " after the random search; raise --iters or lower warm_start")
+    return iters - method, method
+
+
+def warm_start(result: SearchResult, candidates: int) -> int | None:
+    """The candidate a warm-started run starts from: the best (lowest mean hard objective
+    on the shared seeds) of ``result``'s first ``candidates`` candidates, which are those
+    of a random search with ``candidates`` candidates (the perturbations of candidate ``i``
+    do not depend on how many are drawn). ``None`` when ``candidates == 0``."""
+    if candidates <= 0:
+        return None
+    if candidates > len(result.scores):
+        raise ValueError(f"warm start from {candidates} candidates, but the random search "
+                         f"scored {len(result.scores)}")
+    return int(np.argmin(result.scores[:candidates]))

@@ -18,6 +18,7 @@ from narset_jax._config import describe
 from narset_jax.errors import UserError
 from narset_jax.params import NarsetParams
 from narset_jax.resources import check_fits, closed_loop_bytes
+from sims.tune.estimators import DEFAULT_ESTIMATOR, SMOOTHING_SIGMA, resolve_estimator
 
 __all__ = [
     "DEFAULTS",
@@ -41,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "clip_norm": 1.0,
     "batch": 4,
     "checkpoint_every": 5,
+    "estimator": DEFAULT_ESTIMATOR,
+    "smoothing_sigma": SMOOTHING_SIGMA,
     "hysteresis": "soft",
     "anneal": 1.0,
     "truncate": 0,
@@ -53,6 +56,8 @@ DEFAULTS: dict[str, Any] = {
     "es_population": 8,
     "es_sigma": 0.5,
     "es_learning_rate": None,
+    "ecology": "stylised",
+    "warm_start": None,  # the method's default, sims.tune.search.WARM_START
 }
 """Settings before any config file is read."""
 
@@ -65,13 +70,15 @@ _CONFIG_KEYS: dict[str, dict[str, tuple[str, type]]] = {
         "checkpoint_every": ("checkpoint_every", int),
     },
     "relaxation": {
+        "estimator": ("estimator", str),
+        "smoothing_sigma": ("smoothing_sigma", float),
         "hysteresis": ("hysteresis", str),
         "anneal": ("anneal", float),
         "truncate": ("truncate", int),
         "remat": ("remat", bool),
     },
     "evaluation": {"seeds": ("eval_seeds", int)},
-    "random_search": {"sigma": ("sigma", float)},
+    "random_search": {"sigma": ("sigma", float), "warm_start": ("warm_start", float)},
     "es": {
         "strategy": ("es_strategy", str),
         "population": ("es_population", int),
@@ -90,6 +97,8 @@ RUN_KEYS = (
     "batch",
     "learning_rate",
     "clip_norm",
+    "estimator",
+    "smoothing_sigma",
     "hysteresis",
     "anneal",
     "truncate",
@@ -97,6 +106,7 @@ RUN_KEYS = (
     "seed",
     "dtype",
     "sigma",
+    "warm_start",
     "weights",
     "base_params",
     "budget",
@@ -205,6 +215,7 @@ def build_settings(
     settings["budget"] = base.budget if params and _sets_budget(params) else None
     if params:
         explicit |= {"base_params", "budget"}
+    resolve_estimator(settings, explicit)  # the estimator, and its hysteresis and anneal
     return settings, explicit
 
 
@@ -233,12 +244,16 @@ def check_settings(s: Mapping[str, Any]) -> None:
                       ("sigma", "--sigma")):
         if not s[key] > 0:
             raise UserError(f"{flag} must be > 0, got {s[key]}")
+    if s["warm_start"] is not None and not 0 <= s["warm_start"] < 1:
+        raise UserError(f"--warm-start must be in [0, 1), got {s['warm_start']}")
     if not 0 < s["anneal"] <= 1:
         raise UserError(f"--anneal must be in (0, 1], got {s['anneal']}")
-    if s["hysteresis"] not in ("soft", "straight_through"):
+    if s["hysteresis"] not in ("soft", "straight_through", "saturating", "hard"):
         raise UserError(
             f"hysteresis must be 'soft' or 'straight_through', got {s['hysteresis']!r}"
         )
+    if not s["smoothing_sigma"] > 0:
+        raise UserError(f"--smoothing-sigma must be > 0, got {s['smoothing_sigma']}")
     try:
         sims.ObjectiveWeights(**s["weights"])
     except (TypeError, ValueError) as err:
@@ -286,6 +301,8 @@ def run_config(s: Mapping[str, Any]) -> dict[str, Any]:
     """The settings that determine the run (``RUN_KEYS``, and ``ES_KEYS`` for
     ``--method es``), JSON-normalised (floats round-trip)."""
     keys = RUN_KEYS + (ES_KEYS if s.get("method", "grad") == "es" else ())
+    # The ecology is recorded when it is not the stylised one (older runs' settings lack it).
+    keys += ("ecology",) if s.get("ecology", "stylised") != "stylised" else ()
     cfg = {k: s[k] for k in keys}
     cfg["scenarios"] = list(cfg["scenarios"])
     return json.loads(json.dumps(cfg))

@@ -7,7 +7,10 @@ keys of training iteration 0, which the random search also scores its candidates
 the rank agreement (Spearman) of the two objectives over the random search's candidates:
 a surrogate whose ranking of candidates disagrees with the hard one can lead the gradient
 astray however small its gap at one point. ``narset tune`` prints the report after training
-and writes it to its summary under ``surrogate`` (``docs/tuning.md``).
+and writes it to its summary under ``surrogate`` (``docs/tuning.md``). The "relaxed"
+objective is the one the run's estimator differentiates: a relaxed rollout's for the
+pathwise estimators, the hard controller's smoothed by per-region perturbations for
+``"smoothed"`` ([`sims.tune.estimators`][]).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 import sims
 from narset_jax.params import NarsetParams
-from sims.tune import evaluation
+from sims.tune import estimators, evaluation
 from sims.tune.loss import TuneConfig, budget_groups, grouped_population_objectives, scenario_params
 from sims.tune.params_map import hard, to_params
 
@@ -68,7 +71,7 @@ def surrogate_report(
     scenarios: Sequence[sims.Scenario],
     labels: Sequence[str],
     *,
-    hysteresis: str,
+    estimator: str,
     candidates: Mapping[str, Any],
     hard_candidates: np.ndarray,
     final_raw: Mapping[str, Any],
@@ -81,6 +84,8 @@ def surrogate_report(
     dtype=jnp.float32,
     controller="narset",
     ecology=None,
+    smoothing_sigma: float = estimators.SMOOTHING_SIGMA,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """The relaxed and hard objectives at the start and at the final params, and their rank
     agreement over the random search's candidates.
@@ -89,8 +94,10 @@ def surrogate_report(
 
     - ``base``: the starting params (their hysteresis is replaced); ``scenarios`` (with
       their metadata: each runs under its budget mode) and their ``labels``.
-    - ``hysteresis``: the relaxation the gradient differentiates (``"soft"`` or
-      ``"straight_through"``).
+    - ``estimator``: the gradient estimator (one of [`sims.tune.ESTIMATORS`][]); its
+      objective is the "relaxed" one: the rollouts of its relaxed hysteresis, or for
+      ``"smoothed"`` the hard rollouts perturbed per region (``smoothing_sigma``, with the
+      perturbations of training iteration 0, from ``seed``).
     - ``candidates``: the random search's candidates, ``name -> [K]`` raw values, candidate
       0 being the starting params; ``hard_candidates``: their hard objectives ``[K, S, B]``
       on ``keys`` (the random search's own rollouts).
@@ -107,6 +114,7 @@ def surrogate_report(
     cfg = TuneConfig(n_regions, n_steps, checkpoint=False, dtype=jnp.dtype(dtype).name,
                      controller=controller, ecology=ecology)
     base = base.astype(dtype)
+    hysteresis = estimators.estimator_hysteresis(estimator)
     relaxed_base = base.replace(hysteresis=hysteresis)
     n_sc, batch = keys.shape
     hard_candidates = np.asarray(hard_candidates, np.float64).reshape(-1, n_sc, batch)
@@ -121,7 +129,13 @@ def surrogate_report(
     w = jax.tree.map(lambda v: jnp.asarray(v, cfg.jdtype), weights)
     widest = max(len(g.index) for g in groups)
     per_call = max(1, _MAX_REGIONS_PER_CALL // (batch * n_regions * widest))
-    relaxed = grouped_population_objectives(raws, temps, groups, keys, w, cfg, chunk=per_call)
+    if estimator == "smoothed":  # antithetic pairs: twice the regions per candidate
+        nkeys = estimators.noise_keys(seed, 0, n_sc, batch)
+        relaxed = estimators.grouped_smoothed_objectives(
+            raws, groups, keys, nkeys, w, smoothing_sigma, cfg, chunk=max(1, per_call // 2))
+    else:
+        relaxed = grouped_population_objectives(raws, temps, groups, keys, w, cfg,
+                                                chunk=per_call)
 
     # Hard, final params: sims.rollout per seed (the random search's compiled program).
     final = hard(to_params(final_raw, base))
@@ -144,7 +158,9 @@ def surrogate_report(
     overall = block(relaxed[0], hard_candidates[0], relaxed[n_cand], hard_final,
                     relaxed[:n_cand].mean(axis=(1, 2)), hard_candidates.mean(axis=(1, 2)))
     return {
+        "estimator": estimator,
         "hysteresis": hysteresis,
+        "smoothing_sigma": float(smoothing_sigma) if estimator == "smoothed" else None,
         "seeds": (f"the {n_sc} x {batch} rollouts of training iteration 0 (the random "
                   f"search's), N={n_regions}, T={n_steps}"),
         "temp_factor": {"start": 1.0, "final": float(final_temp)},
@@ -152,7 +168,8 @@ def surrogate_report(
         "scenarios": per_scenario,
         "all": overall,
         "rollouts": {
-            "relaxed": (n_cand + 1) * n_sc * batch, "hard": n_sc * batch,
+            "relaxed": (n_cand + 1) * n_sc * batch * (2 if estimator == "smoothed" else 1),
+            "hard": n_sc * batch,
             "note": ("in addition to training, random search and evaluation; the hard "
                      "objectives of the start and of the candidates are the random search's"),
         },
@@ -161,9 +178,15 @@ def surrogate_report(
 
 def format_surrogate(report: Mapping[str, Any]) -> str:
     """The report as a short text block."""
+    if report.get("estimator") == "smoothed":
+        what = (f"the smoothed objective (hard controller, per-region perturbations sigma "
+                f"{report['smoothing_sigma']:g}, antithetic pairs; what the gradient "
+                "estimates)")
+    else:
+        what = (f"the relaxed controller ({report['hysteresis']} hysteresis, what the "
+                "gradient differentiates)")
     lines = [
-        f"Surrogate gap: objective J of the relaxed controller ({report['hysteresis']} "
-        "hysteresis, what the gradient differentiates) vs the hard one (deployed), mean over "
+        f"Surrogate gap: objective J of {what} vs the hard one (deployed), mean over "
         f"{report['seeds']}.",
         f"  {'scenario':<17} {'params':<6} {'relaxed':>9} {'hard':>9} {'gap':>9} "
         f"{'|gap|/|hard|':>12}",

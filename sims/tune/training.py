@@ -1,8 +1,10 @@
 """Gradient training of the tuned fields: keys, optimiser, state, history and the loop.
 
 optax adam after clipping by global norm, a fresh batch of seeds each iteration (a pure
-function of the iteration number, which makes resuming exact) and optional temperature
-annealing ([`sims.tune.train`][]).
+function of the iteration number, which makes resuming exact), the gradient from the
+chosen estimator ([`sims.tune.estimators`][]: the smoothed score function on the hard
+controller, or a relaxed rollout's pathwise gradient) and optional temperature annealing
+([`sims.tune.train`][]).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import optax
 
 import sims
 from narset_jax.params import NarsetParams
+from sims.tune import estimators
 from sims.tune.loss import BudgetGroup, TuneConfig, budget_groups, grouped_loss_and_grad
 from sims.tune.params_map import anneal_factor, from_params
 
@@ -98,10 +101,14 @@ class ListRecord:
 class History(ListRecord):
     """Per-iteration records (plain lists, JSON-ready).
 
-    ``loss``: the surrogate loss at the params before the step; ``grad_norm``: the
-    gradient's global norm before clipping; ``temp_factor``; ``finite``: whether the step
-    was applied; ``objective``: ``[S]`` mean objective per training scenario; ``seconds``:
-    wall time of the iteration (not part of the exact-resume guarantee).
+    ``loss``: the surrogate loss at the params before the step (for the smoothed
+    estimator, the smoothed objective); ``grad_norm``: the gradient's global norm before
+    clipping; ``temp_factor``; ``finite``: whether the step was applied; ``objective``:
+    ``[S]`` mean objective per training scenario; ``grad_alpha``: the gradient's
+    ``alpha`` coordinate (raw units); ``grad_log_pool``: the estimated ``dJ / d log(pool)``
+    (smoothed estimator on per-region scenarios; ``None`` otherwise: the pool is not
+    tuned); ``seconds``: wall time of the iteration (not part of the exact-resume
+    guarantee).
     """
 
     loss: list[float] = dataclasses.field(default_factory=list)
@@ -109,6 +116,8 @@ class History(ListRecord):
     temp_factor: list[float] = dataclasses.field(default_factory=list)
     finite: list[bool] = dataclasses.field(default_factory=list)
     objective: list[list[float]] = dataclasses.field(default_factory=list)
+    grad_alpha: list[float] = dataclasses.field(default_factory=list)
+    grad_log_pool: list[float | None] = dataclasses.field(default_factory=list)
     seconds: list[float] = dataclasses.field(default_factory=list)
 
 
@@ -137,19 +146,33 @@ def train_step(
     cfg: TuneConfig,
     update: Callable,
     temp_factor: float = 1.0,
+    smoothing: tuple[float, int] | None = None,
 ) -> tuple[TrainState, dict[str, Any]]:
     """One iteration: a fresh batch, the loss and gradient, one optimiser step.
 
     **Arguments:** ``groups``: the training scenarios split by budget mode
-    ([`sims.tune.budget_groups`][]); the rest as in [`sims.tune.train`][].
+    ([`sims.tune.budget_groups`][]); ``smoothing``: ``(sigma, seed)`` for the smoothed
+    estimator ([`sims.tune.estimators`][]; ``groups`` then have the hard hysteresis),
+    ``None`` for the pathwise gradient; the rest as in [`sims.tune.train`][].
 
     **Returns:** ``(new_state, record)`` with the record's ``loss``, ``grad_norm``,
-    ``finite`` and ``objective`` (per scenario, in the training list's order).
+    ``finite``, ``objective`` (per scenario, in the training list's order),
+    ``grad_alpha`` and ``grad_log_pool``.
     """
     n_sc = sum(len(g.index) for g in groups)
     keys = batch_keys(train_key, state.iteration, n_sc, batch)
-    temp = jnp.asarray(temp_factor, cfg.jdtype)
-    loss, obj, grad, gnorm = grouped_loss_and_grad(state.raw, groups, keys, weights, temp, cfg)
+    pool_grad = None
+    if smoothing is None:
+        temp = jnp.asarray(temp_factor, cfg.jdtype)
+        loss, obj, grad, gnorm = grouped_loss_and_grad(state.raw, groups, keys, weights,
+                                                       temp, cfg)
+    else:
+        sigma, seed = smoothing
+        nkeys = estimators.noise_keys(seed, state.iteration, n_sc, batch)
+        est = estimators.grouped_smoothed_grad(state.raw, groups, keys, nkeys, weights,
+                                               sigma, cfg)
+        loss, obj, grad, gnorm = est["loss"], est["objective"], est["grad"], est["grad_norm"]
+        pool_grad = est["grad_log_pool"]
     raw, opt_state = update(state.raw, state.opt_state, grad)
     finite = bool(jnp.isfinite(gnorm))
     record = {
@@ -157,6 +180,8 @@ def train_step(
         "grad_norm": float(gnorm),
         "finite": finite,
         "objective": [float(v) for v in np.mean(obj, axis=1)],
+        "grad_alpha": float(grad["alpha"]),
+        "grad_log_pool": pool_grad,
     }
     return TrainState(raw=raw, opt_state=opt_state, iteration=state.iteration + 1), record
 
@@ -174,6 +199,8 @@ def train(
     clip_norm: float = 1.0,
     anneal: float = 1.0,
     budget: str | None = None,
+    estimator: str | None = None,
+    smoothing_sigma: float = estimators.SMOOTHING_SIGMA,
     state: TrainState | None = None,
     history: History | None = None,
     stop_after: int | None = None,
@@ -183,8 +210,8 @@ def train(
 
     **Arguments:**
 
-    - ``base``: starting params; their hysteresis must be ``"soft"`` or
-      ``"straight_through"``.
+    - ``base``: starting params; their hysteresis must be the estimator's
+      ([`sims.tune.estimators.estimator_hysteresis`][]: ``"hard"`` for ``"smoothed"``).
     - ``scenarios``: the training [`sims.Scenario`][]s (with their metadata: each one's
       rollouts use its recommended budget mode, see
       [`sims.tune.scenario_params`][]).
@@ -196,6 +223,9 @@ def train(
     - ``anneal``: final temperature factor (see [`sims.tune.anneal_factor`][]).
     - ``budget``: one budget mode for every scenario, or ``None`` (default) for each
       scenario's recommendation (``base.budget`` where it has none).
+    - ``estimator``: one of [`sims.tune.ESTIMATORS`][]; ``None`` picks the pathwise one of
+      ``base.hysteresis`` (``"soft"``, ``"straight_through"`` or ``"saturating"``).
+    - ``smoothing_sigma``: the smoothed estimator's perturbation s.d. (raw units).
     - ``state``, ``history``: resume from these (from a checkpoint).
     - ``stop_after``: stop once this many iterations are done (as if interrupted).
     - ``callback``: called after every iteration with the state and history
@@ -203,10 +233,16 @@ def train(
 
     **Returns:** ``(state, history)``.
     """
-    if base.hysteresis not in ("soft", "straight_through"):
-        raise ValueError(
-            f"tuning needs hysteresis 'soft' or 'straight_through', got {base.hysteresis!r}"
-        )
+    if estimator is None:
+        if base.hysteresis not in ("soft", "straight_through", "saturating"):
+            raise ValueError("tuning needs hysteresis 'soft', 'straight_through' or "
+                             f"'saturating', got {base.hysteresis!r}")
+        estimator = base.hysteresis
+    if base.hysteresis != estimators.estimator_hysteresis(estimator):
+        raise ValueError(f"estimator {estimator!r} needs hysteresis "
+                         f"{estimators.estimator_hysteresis(estimator)!r}, got "
+                         f"{base.hysteresis!r}")
+    smoothing = (float(smoothing_sigma), seed) if estimator == "smoothed" else None
     if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
         raise ValueError(f"batch must be a positive int, got {batch!r}")
     dtype = cfg.jdtype
@@ -223,7 +259,7 @@ def train(
     end = iters if stop_after is None else min(iters, stop_after)
     while state.iteration < end:
         t0 = time.perf_counter()
-        temp = anneal_factor(state.iteration, iters, anneal)
+        temp = anneal_factor(state.iteration, iters, anneal) if smoothing is None else 1.0
         state, rec = train_step(
             state,
             groups=groups,
@@ -233,11 +269,14 @@ def train(
             cfg=cfg,
             update=update,
             temp_factor=temp,
+            smoothing=smoothing,
         )
         history.loss.append(rec["loss"])
         history.grad_norm.append(rec["grad_norm"])
         history.finite.append(rec["finite"])
         history.objective.append(rec["objective"])
+        history.grad_alpha.append(rec["grad_alpha"])
+        history.grad_log_pool.append(rec["grad_log_pool"])
         history.temp_factor.append(temp)
         history.seconds.append(time.perf_counter() - t0)
         if callback is not None:
