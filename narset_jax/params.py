@@ -39,6 +39,7 @@ HYSTERESES = ("hard", "soft", "straight_through", "saturating")
 __all__ = [
     "BUDGETS",
     "COSTS",
+    "HARDENING_OFF",
     "HYSTERESES",
     "NarsetParams",
     "ParamsError",
@@ -137,7 +138,18 @@ _RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "gain_T_efficiency": (0.0, False, None, True),
     "gain_E_consol": (0.0, False, None, True),
     "gain_E_efficiency": (0.0, False, None, True),
+    "corroborate": (0.0, False, 1.0, False),
+    "corroborate_ref": (0.0, True, 1.0, False),
+    "persistence": (0.0, False, 1.0, True),
+    "rise_cap": (0.0, False, None, True),
 }
+
+# Hardening against spoofed telemetry (docs/gaslighting.md): off at these values, where the
+# controller computes exactly what it computes without them; ``to_dict`` leaves a field out
+# while it is off, so params files, logs and manifests of existing runs are unchanged.
+# (``corroborate_ref`` only scales ``corroborate``; it is left out while at its default.)
+HARDENING_OFF: dict[str, float] = {"corroborate": 0.0, "corroborate_ref": 0.005,
+                                   "persistence": 0.0, "rise_cap": 0.0}
 
 # Pairs (low, high) that must satisfy low < high.
 _ORDERED = (
@@ -216,6 +228,19 @@ class NarsetParams(eqx.Module):
     **Policy gains:** ``gain_T_repair``, ``gain_T_crisis``, ``gain_E_repair``,
     ``gain_T_consol``, ``gain_T_progress``, ``gain_T_efficiency``, ``gain_E_consol``,
     ``gain_E_efficiency`` (see [`narset_jax.policy.targets`][]).
+
+    **Hardening against spoofing** (all off by default; see
+    [`narset_jax.signals.smooth`][] and ``docs/gaslighting.md``):
+
+    - ``corroborate``: in [0, 1]; the weight of corroboration by the loss. A region's
+      filtered instability is scaled by ``1 - corroborate (1 - q)``, ``q =
+      clip(1 - trend / corroborate_ref, 0, 1)``: instability counts in full only while
+      the region's own loss is not improving. ``corroborate_ref`` in (0, 1] (0.005, the
+      plateau's ``plateau_eps``) is the trend at which it no longer counts at all.
+    - ``persistence``: in [0, 1); the stability EWMAs rise at ``(1 - persistence)`` times
+      their rate (and fall at the full rate), so a spike must last to count.
+    - ``rise_cap``: ``>= 0``, 0 is off; the most each stability EWMA may add to the
+      instability index in one window, a per-region cap on how fast its claim can grow.
     """
 
     # Budget.
@@ -278,6 +303,11 @@ class NarsetParams(eqx.Module):
     gain_T_efficiency: jax.Array = _f(0.3)
     gain_E_consol: jax.Array = _f(0.6)
     gain_E_efficiency: jax.Array = _f(0.6)
+    # Hardening against spoofing (off).
+    corroborate: jax.Array = _f(0.0)
+    corroborate_ref: jax.Array = _f(0.005)
+    persistence: jax.Array = _f(0.0)
+    rise_cap: jax.Array = _f(0.0)
     # Static choices.
     cost: str = eqx.field(static=True, default="seed")
     budget: str = eqx.field(static=True, default="region")
@@ -344,11 +374,19 @@ class NarsetParams(eqx.Module):
         return jax.tree.map(lambda v: jnp.asarray(v, dtype), self)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain Python values: floats (or nested lists for stacked params) and strings."""
-        out = plain_leaves(self, self.tunable_names())
+        """Plain Python values: floats (or nested lists for stacked params) and strings.
+        Hardening fields at their off values are left out (they read back as off)."""
+        names = tuple(n for n in self.tunable_names() if not self._off(n))
+        out = plain_leaves(self, names)
         for name in _STATIC:
             out[name] = getattr(self, name)
         return out
+
+    def _off(self, name: str) -> bool:
+        """A hardening field at its off value (concrete), which ``to_dict`` leaves out."""
+        value = getattr(self, name)
+        return (name in HARDENING_OFF and _concrete(value)
+                and bool(np.all(np.asarray(value) == HARDENING_OFF[name])))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> NarsetParams:

@@ -98,6 +98,12 @@ def smooth(params, state: SignalState, clean: Sanitised, variant: str) -> Signal
       [-1, 1]) on the smoothed loss ``L``; ``plateau`` counts windows whose trend is below
       ``plateau_eps``.
     - Invalid windows hold everything; a non-finite reading holds its own signal.
+    - Hardening (``corroborate``, ``persistence``, ``rise_cap``; off at 0, where the
+      result is exactly the unhardened one): the filtered stability value is scaled by
+      ``1 - corroborate (1 - clip(1 - trend / corroborate_ref, 0, 1))`` (this window's
+      trend);
+      a stability EWMA rises at ``rate (1 - persistence)``; and it may add at most
+      ``rise_cap`` to the instability index per window.
 
     **Arguments:**
 
@@ -111,22 +117,8 @@ def smooth(params, state: SignalState, clean: Sanitised, variant: str) -> Signal
     valid = clean.valid
     v, fin = clean.values, clean.finite
     new = {}
-    # Stability: persistence filter, then EWMA.
-    for k in STABILITY_FIELDS:
-        ok = valid if k == "anomalies" else valid & fin[k]
-        x, mem = v[k], getattr(state, "mem_" + k)
-        filtered = jnp.minimum(x, mem)
-        new["mem_" + k] = jnp.where(ok, jnp.maximum(x, params.persist_decay * mem), mem)
-        old = getattr(state, "ewma_" + k)
-        new["ewma_" + k] = jnp.where(ok, _ewma(old, filtered, getattr(params, "rate_" + k)), old)
-    # Efficiency: EWMA started at the first valid window.
-    first = state.n_valid == 0
-    for k in EFFICIENCY_FIELDS:
-        ok = valid & fin[k]
-        old = getattr(state, "ewma_" + k)
-        upd = jnp.where(first, v[k], _ewma(old, v[k], getattr(params, "rate_" + k)))
-        new["ewma_" + k] = jnp.where(ok, upd, old)
-    # Progress: loss EWMA, relative trend, plateau counter.
+    # Progress (first: corroboration reads this window's trend): loss EWMA, relative
+    # trend, plateau counter.
     ok = valid & fin["loss"]
     first_loss = state.n_loss == 0
     old = state.ewma_loss
@@ -140,8 +132,39 @@ def smooth(params, state: SignalState, clean: Sanitised, variant: str) -> Signal
     new["trend"] = jnp.where(ok, trend, state.trend)
     new["plateau"] = jnp.where(ok, plateau, state.plateau)
     new["n_loss"] = state.n_loss + ok.astype(state.n_loss.dtype)
+    # Hardening (docs/gaslighting.md; exactly the identity at the defaults, all 0):
+    # corroboration by the region's own loss trend, a slower rise, a cap on the rise.
+    weight = 1 - params.corroborate * (
+        1 - jnp.clip(1 - new["trend"] * (1 / params.corroborate_ref), 0, 1)
+    )
+    # Stability: persistence filter, then EWMA.
+    for k in STABILITY_FIELDS:
+        ok = valid if k == "anomalies" else valid & fin[k]
+        x, mem = v[k], getattr(state, "mem_" + k)
+        filtered = jnp.minimum(x, mem) * weight
+        new["mem_" + k] = jnp.where(ok, jnp.maximum(x, params.persist_decay * mem), mem)
+        old = getattr(state, "ewma_" + k)
+        rate = getattr(params, "rate_" + k) * (1 - params.persistence * (filtered > old))
+        upd = _ewma(old, filtered, rate)
+        upd = jnp.where(params.rise_cap > 0, jnp.minimum(upd, old + params.rise_cap
+                                                         * _index_unit(params, k)), upd)
+        new["ewma_" + k] = jnp.where(ok, upd, old)
+    # Efficiency: EWMA started at the first valid window.
+    first = state.n_valid == 0
+    for k in EFFICIENCY_FIELDS:
+        ok = valid & fin[k]
+        old = getattr(state, "ewma_" + k)
+        upd = jnp.where(first, v[k], _ewma(old, v[k], getattr(params, "rate_" + k)))
+        new["ewma_" + k] = jnp.where(ok, upd, old)
     new["n_valid"] = state.n_valid + valid.astype(state.n_valid.dtype)
     return SignalState(**new)
+
+
+def _index_unit(params, k: str):
+    """What one unit of the instability index is in stability field ``k``'s EWMA."""
+    if k == "lstm_health":
+        return params.lstm_critical - params.lstm_warn
+    return getattr(params, "scale_" + k)
 
 
 class Scores(NamedTuple):

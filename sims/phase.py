@@ -105,8 +105,24 @@ AXES: dict[str, AxisInfo] = {
                  "hits per region per window", "the scenario's shock probability"),
         AxisInfo("spoofer_fraction", "scenario", ("spoofer_fraction",), "spoofer fraction",
                  "share of regions", "the share of regions that fake spikes"),
+        AxisInfo("attack_budget", "scenario", ("spoof_size",), "attack budget (naive spoofers)",
+                 "fake units per spoofer per window",
+                 "the naive spoofers' spend (docs/gaslighting.md): spike size at fixed rate"),
     )
 }
+# A naive spike of spoof_size 1 costs this many attack units (1 rollback, 4 anomalies, LSTM
+# health 12: sims.attack.NAIVE_SPIKE_UNITS), at the rate r / (1 + r) of spikes that never
+# come two in a row (r = spoof_rate).
+_NAIVE_SPIKE_UNITS = 3.0
+
+
+def _naive_rate(scenario) -> float:
+    r = float(scenario.spoof_rate)
+    if not r > 0:
+        raise PhaseError("axis attack_budget needs a scenario with spoof_rate > 0")
+    return _NAIVE_SPIKE_UNITS * r / (1 + r)
+
+
 AXIS_NAMES = tuple(AXES)
 
 
@@ -252,6 +268,8 @@ def axis_fields(name: str, values, params: NarsetParams, scenario) -> dict[str, 
     - ``k``: ``k_enter = k - d/2``, ``k_exit = k + d/2`` with ``d = k_exit - k_enter`` of the
       base; needs ``k_enter >= 1``.
     - ``ewma``: every field of [`sims.phase.EWMA_FIELDS`][] set to the value.
+    - ``attack_budget``: ``spoof_size = b (1 + r) / (3 r)`` (``r = spoof_rate``), so that
+      the naive spoofers spend ``b`` attack units per window; needs ``spoof_rate > 0``.
     - the others: the field of the same name.
 
     **Returns:** ``field -> float64 array`` shaped like ``values``.
@@ -285,6 +303,8 @@ def axis_fields(name: str, values, params: NarsetParams, scenario) -> dict[str, 
                 f"k_exit, whose difference {d:g} stays at the base's); use k >= {lowest:g}"
             )
         return {"k_enter": v - d / 2, "k_exit": v + d / 2}
+    if name == "attack_budget":
+        return {"spoof_size": v / _naive_rate(scenario)}
     return {f: v for f in AXES[name].fields}
 
 
@@ -295,6 +315,8 @@ def axis_coordinate(name: str, params: NarsetParams, scenario) -> float:
         return _plain(params.theta_enter) - _plain(params.theta_exit)
     if name == "k":
         return 0.5 * (_plain(params.k_enter) + _plain(params.k_exit))
+    if name == "attack_budget":
+        return _plain(scenario.spoof_size) * _naive_rate(scenario)
     info = AXES[name]
     src = params if info.target == "params" else scenario
     return float(np.mean([_plain(getattr(src, f)) for f in info.fields]))

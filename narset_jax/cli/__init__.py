@@ -38,7 +38,7 @@ import os
 import sys
 from pathlib import Path
 
-SUBCOMMANDS = ("simulate", "replay", "tune", "sweep", "phase", "decide", "audit")
+SUBCOMMANDS = ("simulate", "replay", "tune", "sweep", "phase", "decide", "audit", "attack")
 
 EXIT_MISMATCH = 1
 EXIT_USER = 2
