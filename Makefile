@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.stamp-run
 STAMP_DEV := $(VENV)/.stamp-dev
 OUT ?= out/run
+NEURAL_OUT ?= out/neural
 
-.PHONY: run test bench lint figures clean
+.PHONY: run test bench lint figures clean neural
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,6 +26,13 @@ run: $(STAMP_RUN)
 	  --seed 0 --out $(OUT)
 	@echo "outputs in $(OUT)/: decisions/ (Parquet decision log), manifest.json, summary.json, plots/"
 	@echo "check the log bit for bit with: $(BIN)/narset replay $(OUT)"
+
+# The neural ecology (docs/neural.md): Narset on 256 regions, each a small network in real
+# training on MNIST-1D, for 100 windows of the crisis scenario (regions trained in blocks of
+# 8, the one setting `narset simulate --ecology neural` cannot set).
+neural: $(STAMP_RUN)
+	$(BIN)/python examples/neural_demo.py --scenario crisis --regions 256 --windows 100 \
+	  --seed 0 --out $(NEURAL_OUT)
 
 test: $(STAMP_DEV)
 	$(BIN)/python -m pytest -n 2 --dist loadfile

@@ -22,6 +22,11 @@ Shipped (``CONTROLLERS`` lists their names, in table order):
 - ``"always_overdrive"``: fixed targets ``(1.25, 0.25)``: Tamiyo in overdrive, Emrakul at a
   probing heartbeat.
 
+Ablations (``ABLATIONS``; in ``REGISTRY`` for [`sims.get_controller`][], not in the table):
+
+- ``"no_overdrive"`` ([`sims.controllers.NoOverdrive`][]): Narset with its targets clipped
+  to at most 1 before the projection, so ``x_T, x_E <= 1``.
+
 Adding a controller: subclass [`sims.Controller`][] (or one of the two families below),
 give it a ``name`` and register it in ``REGISTRY`` here. Nothing else changes: the CLI's
 ``--controller`` choices, the baseline table and ``narset replay`` read the registry.
@@ -44,6 +49,7 @@ from narset_jax.step import Decision, NarsetState, init_state, narset_step
 from narset_jax.telemetry import Telemetry
 
 __all__ = [
+    "ABLATIONS",
     "CONTROLLERS",
     "OVERDRIVE_TARGETS",
     "REGISTRY",
@@ -52,6 +58,7 @@ __all__ = [
     "FixedTargets",
     "NarsetController",
     "NoInertia",
+    "NoOverdrive",
     "SingleThreshold",
     "StaticSplit",
     "get_controller",
@@ -146,28 +153,36 @@ class FixedTargets(Controller):
         # and the scan over windows then rejects the carry's types.
         zero_x = jnp.zeros_like(d.x_T)
         t_T, t_E = t_T + zero_x, t_E + zero_x
-        x_T, x_E, spent, price = project_budget_mode(pc, t_T, t_E)
-        auth = authority(pc, x_T, x_E, d.raw.boundary & d.raw.valid)
         zero = jnp.zeros_like(d.mode_weight)
         d = dataclasses.replace(
             d,
-            x_T=x_T,
-            x_E=x_E,
-            cost_T=overdrive_cost(x_T, pc.alpha, pc.cost),
-            cost_E=overdrive_cost(x_E, pc.alpha, pc.cost),
-            spent=spent,
-            overdrive_T=x_T > 1,
-            overdrive_E=x_E > 1,
             mode=jnp.zeros_like(d.mode),
             mode_weight=zero,
-            target_T=t_T,
-            target_E=t_E,
-            price=price,
             enter_count=zero,
             exit_count=zero,
-            **auth._asdict(),
+            **_projected(pc, d, t_T, t_E),
         )
         return state, d
+
+
+def _projected(pc: NarsetParams, d: Decision, t_T, t_E) -> dict:
+    """The decision fields that follow from targets ``(t_T, t_E)``: the projection (under
+    the params' budget mode), its costs and price, overdrive flags and authority."""
+    x_T, x_E, spent, price = project_budget_mode(pc, t_T, t_E)
+    auth = authority(pc, x_T, x_E, d.raw.boundary & d.raw.valid)
+    return dict(
+        x_T=x_T,
+        x_E=x_E,
+        cost_T=overdrive_cost(x_T, pc.alpha, pc.cost),
+        cost_E=overdrive_cost(x_E, pc.alpha, pc.cost),
+        spent=spent,
+        overdrive_T=x_T > 1,
+        overdrive_E=x_E > 1,
+        target_T=t_T,
+        target_E=t_E,
+        price=price,
+        **auth._asdict(),
+    )
 
 
 class StaticSplit(FixedTargets):
@@ -190,12 +205,35 @@ class AlwaysOverdrive(FixedTargets):
         return jnp.full(like.shape, t_T, like.dtype), jnp.full(like.shape, t_E, like.dtype)
 
 
-# Table order: Narset first, then the baselines.
+class NoOverdrive(NarsetController):
+    """Narset capped at ``x <= 1``: its targets (after inertia) are clipped to at most 1,
+    in the decision and in the state the next window's inertia starts from, and projected
+    again. Everything else (signals, modes, dwell) is Narset's. An ablation for the
+    overdrive study (``docs/neural.md``, "Does overdrive pay?"), not a table baseline."""
+
+    name: ClassVar[str] = "no_overdrive"
+
+    def step(self, params, state, telemetry):
+        p = self.effective_params(params)
+        state, d = narset_step(p, state, telemetry)
+        pc = p.astype(d.x_T.dtype)
+        one = jnp.ones_like(d.target_T)
+        t_T, t_E = jnp.minimum(d.target_T, one), jnp.minimum(d.target_E, one)
+        state = dataclasses.replace(state, target_T=t_T, target_E=t_E)
+        return state, dataclasses.replace(d, **_projected(pc, d, t_T, t_E))
+
+
+# Table order: Narset first, then the baselines. The registry also holds the ablations
+# (ABLATIONS), which the baseline table and the CLI's choices leave out.
+CONTROLLERS = tuple(
+    c.name for c in (NarsetController, StaticSplit, SingleThreshold, NoInertia, AlwaysOverdrive)
+)
+ABLATIONS = (NoOverdrive.name,)
 REGISTRY: dict[str, type[Controller]] = {
     c.name: c
-    for c in (NarsetController, StaticSplit, SingleThreshold, NoInertia, AlwaysOverdrive)
+    for c in (NarsetController, StaticSplit, SingleThreshold, NoInertia, AlwaysOverdrive,
+              NoOverdrive)
 }
-CONTROLLERS = tuple(REGISTRY)
 
 
 def get_controller(controller: str | Controller) -> Controller:
@@ -206,4 +244,4 @@ def get_controller(controller: str | Controller) -> Controller:
         return controller
     if isinstance(controller, str) and controller in REGISTRY:
         return REGISTRY[controller]()
-    raise ValueError(f"unknown controller {controller!r}; valid: {', '.join(CONTROLLERS)}")
+    raise ValueError(f"unknown controller {controller!r}; valid: {', '.join(REGISTRY)}")

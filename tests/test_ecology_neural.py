@@ -215,3 +215,66 @@ def test_rollout_runs_with_narset_and_a_baseline_bit_for_bit():
     assert np.isfinite(float(base.metrics.progress))
     with pytest.raises(NotImplementedError, match="hard hysteresis"):
         sims.rollout(p.replace(hysteresis="soft"), sc, KEY, N, 2, ecology=ECO)
+
+
+def test_class_subset_regions_learn_only_their_classes():
+    from sims.ecologies.neural.data import allowed_labels, class_index, sample_in_classes, view
+
+    sub = SC.replace(class_subset=jnp.asarray(1.0), subset_size=jnp.asarray(3.0))
+    full, part = init(), init(sub)
+    sets = np.asarray(jax.vmap(lambda k: ECO._subset(sub, k))(part.rkey))
+    assert np.all(sets.sum(-1) == 3) and len({tuple(s) for s in sets}) > 1
+    assert np.all(np.asarray(ECO._subset(SC, full.rkey[0])))  # share 0: every class
+    # Minibatches hold only the subset's samples; label-noise flips stay inside it.
+    y = STEADY.data.y_train
+    idx = sample_in_classes(jax.random.key(1), class_index(y), jnp.asarray(sets[0]), 256)
+    assert np.all(sets[0][np.asarray(y)[np.asarray(idx)]])
+    allowed = allowed_labels(jnp.asarray(sets[0]), part.perm[0])
+    _, yn = view(STEADY.data.x_train[:256], y[:256], part.perm[0], 0, 0.0,
+                 jax.random.key(2), 1.0, allowed)
+    assert np.all(np.asarray(allowed)[np.asarray(yn)])
+    # A 3-class region learns its task (chance 1/3), better than the 10-class one.
+    full, _, _ = run(full, act(), 8)
+    part, tel, _ = run(part, act(), 8, sub)
+    acc, acc_full = np.asarray(part.test_acc), np.asarray(full.test_acc)
+    assert acc.min() > 0.45 and np.all(acc > acc_full), (acc, acc_full)
+    assert np.all(np.isfinite(np.asarray(tel.loss)))
+
+
+def test_blocked_regions_equal_one_vmap():
+    # Neural(block=2): a lax.map over blocks of two regions, each vmapped (N = 4: two
+    # blocks); the same maths as one vmap over all four, to float tolerance.
+    blocked = jax.jit(dataclasses.replace(ECO, block=2).step)
+    a = act(x_T=1.0, x_E=1.0, tier_T=2, tier_E=2)
+    s0 = init()
+    one, tel1, ev1 = _step(SC, s0, a, jnp.int32(0))
+    two, tel2, ev2 = blocked(SC, s0, a, jnp.int32(0))
+    for x, y in zip(jax.tree.leaves((one, tel1, ev1)), jax.tree.leaves((two, tel2, ev2)),
+                    strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-5, atol=2e-5)
+    assert dataclasses.replace(ECO, block=2).manifest_entries(STEADY)["ecology_settings"][
+        "block"] == 2 and "block" not in ECO.manifest_entries(STEADY)["ecology_settings"]
+
+
+def test_a_rollback_prunes_live_experimental_seeds_as_esper_does(grown):
+    # Esper's execute_rollback restores the host and the fossils and prunes live seeds; a
+    # restored experimental seed would replay the window that diverged, every window.
+    sc = NARROW.replace(plateau_windows=jnp.asarray(0.0))
+    state, _, _ = grown
+    foss = np.asarray(state.stage) == lc.FOSSILIZED
+    # Regions 0, 1 grew nothing so far; give them authority for two good windows.
+    s1, _, ev1 = run(state, act(x_T=1.0, tier_T=2), 2, sc, t0=24)
+    assert np.all(np.asarray(ev1.rollback) == 0)
+    live = np.isin(np.asarray(s1.stage), (lc.GERMINATED, lc.TRAINING, lc.BLENDING, lc.HOLDING))
+    assert live[:2].any(), np.asarray(s1.stage)
+    spike = sc.replace(lr_spike_rate=jnp.asarray(1.0), lr_spike_mult=jnp.asarray(1e6))
+    s2, tel2, ev2 = _step(spike, s1, act(), jnp.int32(26))
+    assert np.all(np.asarray(ev2.rollback) == 1)
+    stage = np.asarray(s2.stage)
+    assert np.all(stage[live] == lc.PRUNED)
+    assert np.all(stage[foss] == lc.FOSSILIZED)  # fossils are committed memory: kept
+    assert np.all(np.asarray(tel2.active_seeds) == 0)
+    kc = ECO.arch.n_conv
+    for r, k in zip(*np.nonzero(live), strict=True):
+        w = np.asarray(s2.net.P)[r, k] if k < kc else np.asarray(s2.net.B)[r, k - kc]
+        assert not np.any(w)  # parameters freed

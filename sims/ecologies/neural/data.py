@@ -6,8 +6,9 @@ arrays are recorded with the data, so a log can say exactly which dataset a run 
 
 Every region trains on the same arrays through its own *view* (its traits): a label
 permutation (and, after a task switch, a second one), a circular input shift, additive input
-noise. The view is applied to each minibatch inside the jitted step, so the data are stored
-once, not once per region.
+noise, and optionally a class subset (the region learns only some of the ten classes; the
+logits of the others are masked, so every region keeps the same shapes). The view is applied
+to each minibatch inside the jitted step, so the data are stored once, not once per region.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["N_CLASSES", "SEQ_LEN", "Data", "dataset_hash", "make_data", "view"]
+__all__ = ["N_CLASSES", "NEG", "SEQ_LEN", "Data", "allowed_labels", "class_index",
+           "class_subset", "dataset_hash", "make_data", "mask_logits", "pick_class",
+           "sample_in_classes", "view"]
 
 N_CLASSES = 10
 SEQ_LEN = 40
+# The logit given to a class outside a region's subset (finite, so no NaN from 0 * inf).
+NEG = -1e9
 
 
 class Data(eqx.Module):
@@ -99,7 +104,7 @@ def make_data(num_samples: int = 4000, seed: int = 42, n_val: int = 256):
     return data, info
 
 
-def view(x, y, perm, shift, noise, key, label_noise):
+def view(x, y, perm, shift, noise, key, label_noise, allowed=None):
     """A region's view of a batch (one region, unbatched).
 
     - ``x`` ``[B, 40]``, ``y`` ``[B]``: raw inputs and labels.
@@ -108,6 +113,10 @@ def view(x, y, perm, shift, noise, key, label_noise):
     - ``key``: draws the noise and the label-noise flips (``None``: no noise at all, as
       for validation and test, which see the shift and permutation only).
     - ``label_noise``: share of labels replaced by uniform random ones (0 when calm).
+    - ``allowed``: ``[10]`` bool over the *permuted* labels (a class subset; ``None``: all).
+      A label-noise flip then lands on an allowed label, uniformly; a flip that the
+      unrestricted draw already put on an allowed label is kept, so a region whose every
+      label is allowed draws exactly what it drew without ``allowed``.
     """
     x = jnp.roll(x, shift, axis=-1)
     y = perm[y]
@@ -116,5 +125,59 @@ def view(x, y, perm, shift, noise, key, label_noise):
     kx, kf, ky = jax.random.split(key, 3)
     x = x + noise * jax.random.normal(kx, x.shape, x.dtype)
     flip = jax.random.uniform(kf, y.shape, x.dtype) < label_noise
-    y = jnp.where(flip, jax.random.randint(ky, y.shape, 0, N_CLASSES, y.dtype), y)
+    ry = jax.random.randint(ky, y.shape, 0, N_CLASSES, y.dtype)
+    if allowed is not None:
+        other = pick_class(jax.random.fold_in(ky, 1), allowed, y.shape).astype(y.dtype)
+        ry = jnp.where(allowed[ry], ry, other)
+    y = jnp.where(flip, ry, y)
     return x, y
+
+
+def pick_class(key, mask, shape):
+    """Classes drawn uniformly from ``mask`` (``[10]`` bool, at least one True): one
+    uniform per draw, indexing the masked classes in order."""
+    order = jnp.argsort(~mask, stable=True)  # the masked classes first, in order
+    m = jnp.sum(mask)
+    j = jnp.floor(jax.random.uniform(key, shape) * m).astype(jnp.int32)
+    return order[jnp.clip(j, 0, m - 1)]
+
+
+def class_index(y):
+    """``(order, starts, counts)`` of labels ``y`` (``[M]`` int): the indices sorted by
+    class, where each class starts in that order, and how many it has. For
+    [`sample_in_classes`][]; compute once per dataset, outside loops."""
+    order = jnp.argsort(y, stable=True)
+    counts = jnp.bincount(y, length=N_CLASSES)
+    return order, jnp.cumsum(counts) - counts, counts
+
+
+def class_subset(key, share, size):
+    """A region's class subset: ``[10]`` bool over the *original* classes. With probability
+    ``share`` the region keeps ``size`` classes (rounded, clipped to 2 .. 10) drawn without
+    replacement; otherwise all ten."""
+    ku, kp = jax.random.split(key)
+    rank = jnp.argsort(jax.random.permutation(kp, N_CLASSES))  # a random rank per class
+    m = jnp.clip(jnp.round(size), 2, N_CLASSES)
+    return (rank < m) | (jax.random.uniform(ku) >= share)
+
+
+def allowed_labels(subset, perm):
+    """The subset as seen after the permutation: ``allowed[perm[c]] = subset[c]``."""
+    return jnp.zeros((N_CLASSES,), bool).at[perm].set(subset)
+
+
+def mask_logits(logits, allowed):
+    """Logits of classes outside ``allowed`` (over the last axis) set to [`NEG`][]; exact
+    (``where``) for allowed classes."""
+    return jnp.where(allowed, logits, jnp.asarray(NEG, logits.dtype))
+
+
+def sample_in_classes(key, index, subset, n):
+    """``n`` indices into a label array whose labels are in ``subset`` (``[10]`` bool over
+    original classes; ``index``: its [`class_index`][]): a class uniformly from the subset,
+    then a sample of that class uniformly (fixed shapes; class-balanced)."""
+    order, starts, counts = index
+    kc, kj = jax.random.split(key)
+    c = pick_class(kc, subset & (counts > 0), (n,))
+    j = jnp.floor(jax.random.uniform(kj, (n,)) * counts[c]).astype(jnp.int32)
+    return order[starts[c] + jnp.clip(j, 0, counts[c] - 1)]

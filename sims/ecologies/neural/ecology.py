@@ -24,7 +24,15 @@ from sims.ecologies.base import Ecology, Outcome
 from sims.ecologies.neural import governor as gv
 from sims.ecologies.neural import lifecycle as lc
 from sims.ecologies.neural.agents import Slots, emrakul, tamiyo
-from sims.ecologies.neural.data import N_CLASSES, view
+from sims.ecologies.neural.data import (
+    N_CLASSES,
+    allowed_labels,
+    class_index,
+    class_subset,
+    mask_logits,
+    sample_in_classes,
+    view,
+)
 from sims.ecologies.neural.network import (
     Arch,
     forward,
@@ -38,7 +46,7 @@ from sims.ecologies.neural.scenario import (
     NeuralScenario,
     load_neural_scenario,
 )
-from sims.ecologies.neural.state import NeuralState, init_region
+from sims.ecologies.neural.state import TRAIT_WINDOW, NeuralState, init_region
 
 __all__ = ["NEURAL", "LSTM_WARN", "Neural", "NeuralEvents"]
 
@@ -49,6 +57,9 @@ LSTM_WARN = 5.0
 SPOOF_LSTM = 12.0
 # An accuracy gain below this (0.5 points) is a plateau window (DESIGN.md section 4).
 PLATEAU_GAIN = 0.005
+# A region's class subset is drawn from its key folded with this window counter (never
+# reached by a run; not the traits' counter, so the other traits' draws are unchanged).
+SUBSET_WINDOW = TRAIT_WINDOW - 1
 
 
 class NeuralEvents(NamedTuple):
@@ -56,7 +67,9 @@ class NeuralEvents(NamedTuple):
     (lyses while the region was unstable), ``panic``, ``rollback`` (governor), ``health``
     (see ``docs/neural.md``), ``nonfinite`` (the validation loss was NaN/Inf), ``spike``
     (a spoofer faked a spike; bool), ``spoofer`` (bool), ``lr_spike`` (the window's step
-    size was spiked; bool), ``test_acc``, ``loss`` (validation)."""
+    size was spiked; bool), ``test_acc``, ``loss`` (validation), ``params_trained`` (the
+    parameters each optimiser step of the window updated: the host's live ones plus those
+    of the seeds that trained; times ``steps``, the window's compute in parameter-steps)."""
 
     lysis: jax.Array
     unsafe: jax.Array
@@ -69,10 +82,19 @@ class NeuralEvents(NamedTuple):
     lr_spike: jax.Array
     test_acc: jax.Array
     loss: jax.Array
+    params_trained: jax.Array
 
 
 def _ce(logits, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+
+
+def _wmean(v, w):
+    """Mean of ``v`` over its last axis with 0/1 weights ``w`` (a class subset's samples);
+    exactly ``jnp.mean`` when every weight is 1."""
+    w = w.astype(v.dtype)
+    sub = jnp.sum(v * w, -1) / jnp.maximum(jnp.sum(w, -1), 1)
+    return jnp.where(jnp.all(w > 0), jnp.mean(v, -1), sub)
 
 
 def _per_region(tree, like):
@@ -94,7 +116,10 @@ class Neural(Ecology):
 
     Static configuration (python ints): ``hidden`` (host width H), ``n_slots`` (K),
     ``seed_hidden``, ``conv_channels``, ``conv_kernel``, ``conv_stride``, ``steps``
-    (optimiser steps per window), ``batch`` (minibatch size).
+    (optimiser steps per window), ``batch`` (minibatch size), ``block`` (0: one ``vmap``
+    over all regions; ``k > 0``: ``lax.map`` over blocks of ``k`` regions, each block
+    ``vmap``ped, which keeps a block's working set in the CPU's caches; the same maths,
+    equal to float tolerance, not bit for bit; see ``docs/neural.md``, Benchmarks).
     """
 
     name: ClassVar[str] = "neural"
@@ -115,6 +140,7 @@ class Neural(Ecology):
     conv_stride: int = eqx.field(static=True, default=4)
     steps: int = eqx.field(static=True, default=10)
     batch: int = eqx.field(static=True, default=32)
+    block: int = eqx.field(static=True, default=0)
 
     @property
     def arch(self) -> Arch:
@@ -129,10 +155,13 @@ class Neural(Ecology):
         static settings (network sizes, steps and batch per window)."""
         args = dict(params.dataset_args)
         version = args.get("mnist1d", "")
+        settings = {f: getattr(self, f) for f in (
+            "hidden", "n_slots", "seed_hidden", "conv_channels", "conv_kernel",
+            "conv_stride", "steps", "batch")}
+        if self.block:
+            settings["block"] = self.block
         return {
-            "ecology_settings": {f: getattr(self, f) for f in (
-                "hidden", "n_slots", "seed_hidden", "conv_channels", "conv_kernel",
-                "conv_stride", "steps", "batch")},
+            "ecology_settings": settings,
             "dataset": {"sha256": params.dataset_sha256, "args": args,
                         "mnist1d": version.strip("'\"")},
         }
@@ -145,20 +174,28 @@ class Neural(Ecology):
         return params.without_metadata()
 
     # ----------------------------------------------------------------- evaluation
-    def _eval_logits(self, net, x, alpha, hmask):
+    def _eval_logits(self, net, x, alpha, hmask, allowed):
         logits, hid, _ = forward(net, x, alpha, hmask, self.conv_stride)
-        return logits, hid
+        return mask_logits(logits, allowed), hid
 
-    def _evaluate(self, sc, net, alpha, hmask, perm, shift):
-        """``(val loss, val acc, test acc, hidden RMS)`` without probes."""
+    def _subset(self, sc, rkey):
+        """The region's class subset (``[10]`` bool over the original classes; all True
+        unless the scenario's ``class_subset`` share drew it)."""
+        k = jax.random.fold_in(jax.random.wrap_key_data(rkey), SUBSET_WINDOW)
+        return class_subset(k, sc.class_subset, sc.subset_size)
+
+    def _evaluate(self, sc, net, alpha, hmask, perm, shift, allowed):
+        """``(val loss, val acc, test acc, hidden RMS)`` without probes; losses and
+        accuracies over the samples of the region's classes (``allowed``: permuted)."""
         d = sc.data
         dtype = alpha.dtype
         xv, yv = view(d.x_val.astype(dtype), d.y_val, perm, shift, 0, None, 0)
-        lg, hid = self._eval_logits(net, xv, alpha, hmask)
+        lg, hid = self._eval_logits(net, xv, alpha, hmask, allowed)
         xt, yt = view(d.x_test.astype(dtype), d.y_test, perm, shift, 0, None, 0)
-        lt, _ = self._eval_logits(net, xt, alpha, hmask)
-        return (jnp.mean(_ce(lg, yv)), jnp.mean(lg.argmax(-1) == yv).astype(dtype),
-                jnp.mean(lt.argmax(-1) == yt).astype(dtype), jnp.sqrt(jnp.mean(hid * hid)))
+        lt, _ = self._eval_logits(net, xt, alpha, hmask, allowed)
+        wv, wt = allowed[yv], allowed[yt]
+        return (_wmean(_ce(lg, yv), wv), _wmean((lg.argmax(-1) == yv).astype(dtype), wv),
+                _wmean((lt.argmax(-1) == yt).astype(dtype), wt), jnp.sqrt(jnp.mean(hid * hid)))
 
     def init(self, key, n_regions, params, *, dtype=jnp.float32, region_ids=None):
         n = check_n_regions(n_regions)
@@ -174,8 +211,11 @@ class Neural(Ecology):
         zeros = jnp.zeros((self.n_slots,), dtype)
 
         def one(rk, gk, r):
+            subset = self._subset(sc, rk)
+
             def evaluate(net, hmask, perm, shift):
-                return self._evaluate(sc, net, zeros, hmask, perm, shift)
+                return self._evaluate(sc, net, zeros, hmask, perm, shift,
+                                      allowed_labels(subset, perm))
 
             return init_region(self.arch, sc, rk, gk, r, evaluate, dtype)
 
@@ -212,21 +252,33 @@ class Neural(Ecology):
         x_T, x_E = cast(action.x_T, dtype), cast(action.x_E, dtype)
         tier_T, tier_E = cast(action.tier_T, jnp.int32), cast(action.tier_E, jnp.int32)
         t = jnp.asarray(t, jnp.int32)
-        new, tel, ev = jax.vmap(self._region, in_axes=(None, 0, 0, 0, 0, 0, None))(
-            sc, state, x_T, x_E, tier_T, tier_E, t)
+        if self.block > 0:
+            new, tel, ev = jax.lax.map(lambda a: self._region(sc, *a, t),
+                                       (state, x_T, x_E, tier_T, tier_E),
+                                       batch_size=self.block)
+        else:
+            new, tel, ev = jax.vmap(self._region, in_axes=(None, 0, 0, 0, 0, 0, None))(
+                sc, state, x_T, x_E, tier_T, tier_E, t)
         like = state.loss
         return _per_region(new, like), _per_region(tel, like), _per_region(ev, like)
 
-    def _train(self, sc, s, key, lr, perm, label_noise, alpha, side_mask, train_mask):
-        """``steps`` SGD-with-momentum steps. Returns ``(net, mom, anomalies, nonfinite)``."""
+    def _train(self, sc, s, key, lr, perm, label_noise, alpha, side_mask, train_mask,
+               subset, allowed):
+        """``steps`` SGD-with-momentum steps on minibatches of the region's classes
+        (``subset``: original labels; ``allowed``: permuted). Returns ``(net, mom,
+        anomalies, nonfinite)``."""
         d = sc.data
         dtype = lr.dtype
         tx = optax.trace(decay=sc.momentum)
         mask = slot_mask_tree(s.net, train_mask, s.hmask)
         n_train = d.x_train.shape[0]
+        # Class subsets: sampled inside the subset (a scenario without them skips this).
+        has_subset = sc.class_subset > 0
+        index = class_index(d.y_train)
 
         def loss_fn(net, x, y):
             logits, _, side = forward(net, x, alpha, s.hmask, self.conv_stride, side=True)
+            logits, side = mask_logits(logits, allowed), mask_logits(side, allowed)
             side_l = jax.vmap(lambda lg: jnp.mean(_ce(lg, y)))(side)
             main = jnp.mean(_ce(logits, y))
             return main + jnp.sum(jnp.where(side_mask, side_l, 0)), main
@@ -235,8 +287,13 @@ class Neural(Ecology):
             net, mom = carry
             kb, kv = jax.random.split(jax.random.fold_in(key, i))
             idx = jax.random.randint(kb, (self.batch,), 0, n_train)
+            idx = jax.lax.cond(
+                has_subset,
+                lambda: jnp.where(jnp.all(subset), idx, sample_in_classes(
+                    jax.random.fold_in(kb, 1), index, subset, self.batch)),
+                lambda: idx)
             x, y = view(d.x_train[idx].astype(dtype), d.y_train[idx], perm, s.shift, s.noise,
-                        kv, label_noise)
+                        kv, label_noise, allowed)
             (_, main), g = jax.value_and_grad(loss_fn, has_aux=True)(net, x, y)
             gn = optax.tree.norm(g)
             upd, state = tx.update(g, optax.TraceState(trace=mom))
@@ -248,7 +305,7 @@ class Neural(Ecology):
         (net, mom), (anom, nonf) = jax.lax.scan(body, (s.net, s.mom), jnp.arange(self.steps))
         return net, mom, jnp.sum(anom).astype(dtype), jnp.sum(nonf).astype(dtype)
 
-    def _probe(self, sc, net, s, perm, alpha_eff, x_E):
+    def _probe(self, sc, net, s, perm, alpha_eff, x_E, allowed):
         """Validation loss, accuracy and hidden RMS, and every slot's ablation gain: on the
         whole validation split (Tamiyo's measurement) and on Emrakul's probe batch (its
         first ``n_val / max(x_E, 1)`` samples: overdrive probes on less data)."""
@@ -262,16 +319,20 @@ class Neural(Ecology):
         flip = jnp.where(on, 0, jnp.where(blended, nominal, alpha_eff))
         variants = jnp.concatenate(
             [alpha_eff[None], jnp.where(jnp.eye(k, dtype=bool), flip[None], alpha_eff[None])])
-        logits, hid = jax.vmap(lambda a: self._eval_logits(net, xv, a, s.hmask))(variants)
+        logits, hid = jax.vmap(lambda a: self._eval_logits(net, xv, a, s.hmask, allowed))(
+            variants)
         ce = jax.vmap(lambda lg: _ce(lg, yv))(logits)  # [K + 1, V]
         n_val = ce.shape[1]
         w = (jnp.arange(n_val) < jnp.ceil(n_val / jnp.maximum(x_E, 1))).astype(dtype)
-        full = jnp.mean(ce, -1)
-        part = jnp.sum(ce * w, -1) / jnp.sum(w)
+        inside = allowed[yv].astype(dtype)
+        full = _wmean(ce, inside)
+        wi = w * inside
+        part = jnp.where(jnp.all(inside > 0), jnp.sum(ce * w, -1) / jnp.sum(w),
+                         jnp.sum(ce * wi, -1) / jnp.maximum(jnp.sum(wi), 1))
         sign = jnp.where(on, 1, -1).astype(dtype)
         gain = jnp.where(blended, sign * (full[1:] - full[0]), 0)
         gain_probe = jnp.where(blended, sign * (part[1:] - part[0]), 0)
-        acc = jnp.mean(logits[0].argmax(-1) == yv).astype(dtype)
+        acc = _wmean((logits[0].argmax(-1) == yv).astype(dtype), inside)
         rms = jnp.sqrt(jnp.mean(hid[0] * hid[0]))
         return full[0], acc, rms, gain, gain_probe
 
@@ -286,6 +347,8 @@ class Neural(Ecology):
         # This window's conditions: task, label noise, step-size spikes (with waves).
         switched = (sc.switch_at > 0) & (t >= sc.switch_at) & (s.u_switch < sc.switch_fraction)
         perm = jnp.where(switched, s.perm2, s.perm)
+        subset = self._subset(sc, s.rkey)
+        allowed = allowed_labels(subset, perm)
         label_noise = jnp.where(u[6] < sc.label_noise_rate, sc.label_noise, 0)
         indep = u[2] < sc.lr_spike_rate * (1 - sc.spike_corr)
         q_wave = jnp.minimum(sc.lr_spike_rate * sc.spike_corr / sc.wave_width, 1)
@@ -300,11 +363,12 @@ class Neural(Ecology):
         live = lc.in_stages(s.stage, lc.LIVE)
         train_mask = live & (s.stage != lc.GERMINATED) & ~s.sedated
         net, mom, anomalies, nonf_steps = self._train(
-            sc, s, k_train, lr, perm, label_noise, a0, s.stage == lc.TRAINING, train_mask)
+            sc, s, k_train, lr, perm, label_noise, a0, s.stage == lc.TRAINING, train_mask,
+            subset, allowed)
         s1 = eqx.tree_at(lambda q: (q.net, q.mom), s, (net, mom))
 
         # Measure, then the governor.
-        loss, val_acc, rms, gain, gain_probe = self._probe(sc, net, s1, perm, a0, x_E)
+        loss, val_acc, rms, gain, gain_probe = self._probe(sc, net, s1, perm, a0, x_E, allowed)
         v = gv.judge(loss, s.hist, s.hist_n, s.panic)
         good = ~v.panic
 
@@ -329,14 +393,24 @@ class Neural(Ecology):
         def pick(a, b):
             return jax.tree.map(lambda x, y: jnp.where(rb, x, y), a, b)
 
-        net_f = pick(s.snap_net, net_a)
-        mom_f = pick(s.snap_mom, mom_a)
+        # Esper's rollback (tolaria/governor.py, execute_rollback): restore the host and
+        # the fossilised seeds from the snapshot, and prune every live experimental seed
+        # (PRUNED, then the embargo), whose parameters are freed. Restoring experimental
+        # seeds too would replay the window that diverged, every window.
         snap_slots = Slots(s.snap_stage, s.snap_age, s.snap_alpha, s.snap_sedated)
-        slots_f = pick(snap_slots, after)
+        restored = pick(snap_slots, after)
+        culled = rb & lc.in_stages(restored.stage, lc.ACTIVE)
+        slots_f = Slots(lc.apply(restored.stage, lc.PRUNED, culled),
+                        jnp.where(culled, 0, restored.age),
+                        jnp.where(culled, 0, restored.alpha).astype(restored.alpha.dtype),
+                        restored.sedated & ~culled)
+        kept = slot_mask_tree(net_a, ~culled, jnp.ones_like(s.hmask))
+        net_f = jax.tree.map(lambda p, m: p * m, pick(s.snap_net, net_a), kept)
+        mom_f = jax.tree.map(lambda p, m: p * m, pick(s.snap_mom, mom_a), kept)
         lyse = jnp.where(rb, False, emr.lyse)
         ops = jnp.where(rb, 0, tam.ops + emr.ops)
         a1 = lc.effective_alpha(slots_f.stage, slots_f.alpha, slots_f.sedated)
-        _, _, test_acc, _ = self._evaluate(sc, net_f, a1, s.hmask, perm, s.shift)
+        _, _, test_acc, _ = self._evaluate(sc, net_f, a1, s.hmask, perm, s.shift, allowed)
         snap = good & ~rb
         hist, hist_n = gv.push(s.hist, s.hist_n, loss, snap)
 
@@ -370,6 +444,8 @@ class Neural(Ecology):
             lysis=n_lyse, unsafe=n_lyse * unstable.astype(dtype), panic=v.panic.astype(dtype),
             rollback=rb.astype(dtype), health=health, nonfinite=v.nonfinite.astype(dtype),
             spike=spike, spoofer=spoofer, lr_spike=lr_spike, test_acc=test_acc, loss=loss,
+            params_trained=s.host_n + jnp.sum(
+                jnp.where(train_mask, seed_params(self.arch).astype(dtype), 0)),
         )
         snap_net = jax.tree.map(lambda a, b: jnp.where(snap, a, b), net_f, s.snap_net)
         snap_mom = jax.tree.map(lambda a, b: jnp.where(snap, a, b), mom_f, s.snap_mom)

@@ -5,9 +5,11 @@
 - Divergence: loss > 12, and > mean + 6 sigma, and > 3x the mean, over a history of the
   last 20 good windows' losses holding at least 10 samples. A divergent window is a panic;
   three consecutive panics roll the region back.
-- A rollback restores the region's last good snapshot (network, optimiser state, slots) and
-  clears the panic count. Good windows (no panic) append their loss to the history and
-  become the new snapshot.
+- A rollback restores the region's last good snapshot (network, optimiser state, slots),
+  prunes every live experimental seed (GERMINATED to HOLDING: PRUNED, then the embargo;
+  parameters freed), as Esper's ``execute_rollback`` does (fossils are committed memory
+  and are kept), and clears the panic count. Good windows (no panic) append their loss to
+  the history and become the new snapshot.
 """
 
 from __future__ import annotations

@@ -49,7 +49,8 @@ class NeuralScenario(eqx.Module):
       ``spread_width`` (a region's width is ``width_frac * (1 - spread_width * u)``);
       ``noise`` (input noise s.d.), ``spread_noise``; ``max_shift`` (circular input shift,
       uniform in ``0 .. max_shift``); ``permute`` (share of regions with a random label
-      permutation).
+      permutation); ``class_subset`` (share of regions that learn only ``subset_size`` of
+      the ten classes; the other classes' logits are masked).
     - **Crises:** ``lr_spike_rate``, ``lr_spike_mult`` (a window's step size is multiplied),
       ``spike_corr``, ``wave_width`` (share of spikes arriving as waves over an arc of the
       region ring); ``label_noise_rate``, ``label_noise`` (one-window bursts of random
@@ -73,6 +74,8 @@ class NeuralScenario(eqx.Module):
     spread_noise: jax.Array = _f(0.0)
     max_shift: jax.Array = _f(0.0)
     permute: jax.Array = _f(1.0)
+    class_subset: jax.Array = _f(0.0)
+    subset_size: jax.Array = _f(5.0)
     lr_spike_rate: jax.Array = _f(0.0)
     lr_spike_mult: jax.Array = _f(100.0)
     spike_corr: jax.Array = _f(0.0)
