@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One-shot GPU run: correctness checks, then the scaling sweeps, all written as JSON.
+# One-shot GPU run: correctness checks and the CPU comparison with the compiled (Numba)
+# peer, then the scaling sweeps, all written as JSON.
 #
 #   bash benchmarks/gpu.sh            # writes to $OUT if set, else benchmarks/results/gpu/
 #
@@ -61,7 +62,23 @@ NDEV=$("$PY" -c "import jax; print(jax.device_count())")
 
 # 2. Correctness on CPU host devices (the test suite's conftest forces 4 of them).
 step tests_cpu 900 env JAX_PLATFORMS=cpu "$PY" -m pytest -q -p no:cacheprovider \
-  tests/test_sharding.py tests/test_numpy_oracle.py tests/test_multiprocess.py
+  tests/test_sharding.py tests/test_numpy_oracle.py tests/test_multiprocess.py \
+  tests/test_numba_peer.py tests/test_budget_sparse.py
+
+# 2b. On the host CPU, the compiled peer: the closed loop in Numba (1, 2 and all threads)
+#     against JAX (1, 2 and all host devices) and NumPy, in one run with interleaved
+#     repetitions (docs/scaling.md section 4). Needs numba (the bench extra).
+NPROC=$(nproc 2>/dev/null || echo 2)
+THREADS=$("$PY" -c "print(','.join(str(k) for k in sorted({1, 2, $NPROC})))")
+DEVICES=$("$PY" -c "print(','.join(str(k) for k in sorted({2, $NPROC})))")
+if "$PY" -c "import numba" 2>/dev/null; then
+  step numba_cpu 2400 env JAX_PLATFORMS=cpu "$PY" -m benchmarks.numba_peer \
+    --sizes 1e4,1e5,1e6 --threads "$THREADS" --devices "$DEVICES" \
+    --out "$OUT/numba_peer_cpu.json"
+else
+  echo "numba is not installed (pip install -e .[bench]): no Numba-vs-JAX comparison" \
+    | tee "$OUT/numba_cpu.log"
+fi
 
 if [[ "$BACKEND" != "gpu" && "$BACKEND" != "cuda" ]]; then
   echo "backend is $BACKEND, not a GPU: stopping after the CPU checks (see $OUT/device.json)"

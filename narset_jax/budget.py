@@ -59,6 +59,7 @@ __all__ = [
     "project_global_pool",
     "project_fixed_sum",
     "map_blocks",
+    "project_sparse",
 ]
 
 
@@ -194,7 +195,8 @@ def _project_core_jvp(cost, weighted, primals, tangents):
 
 
 def project_budget(
-    target_T, target_E, *, pool=1.5, alpha=2.0, cost="seed", weights=None, block_size="auto"
+    target_T, target_E, *, pool=1.5, alpha=2.0, cost="seed", weights=None, block_size="auto",
+    sparse="auto",
 ):
     """Exact weighted Euclidean projection onto ``{c(x_T) + c(x_E) <= pool, x >= 0}``.
 
@@ -213,6 +215,14 @@ def project_budget(
     - ``weights``: ``(w_T, w_E)``, each ``> 0``, or ``None`` for equal weights.
     - ``block_size``: see :func:`map_blocks` (``"auto"``: cache-sized blocks for large
       inputs; ``None``: one fused computation).
+    - ``sparse``: project only the regions whose target is infeasible, gathered into a
+      buffer of this many (an int), with the dense projection as the fallback when more
+      bind; ``"auto"``: a buffer of an eighth of the regions for a 1-D input of at least
+      ``2**10`` regions with scalar ``pool``, ``alpha`` and weights, else dense; ``None``:
+      always dense. Every region's result is the dense path's, bit for bit (see
+      :func:`project_sparse`). Under ``jit`` with regions sharded across devices, call
+      this inside ``shard_map`` (as ``sims.sharding`` does), or pass ``sparse=None``: the
+      gather's index search would otherwise span devices.
 
     **Returns:** an :class:`Allocation` with ``x_T``, ``x_E``, ``spent`` and ``price``.
 
@@ -232,7 +242,109 @@ def project_budget(
         x_T, x_E, price = _project_core(cost, weighted, t_T, t_E, B, a, w_T, w_E)
         return Allocation(x_T, x_E, cost.cost(x_T, a) + cost.cost(x_E, a), price)
 
-    return map_blocks(solve, t_T, t_E, B, a, w_T, w_E, block_size=block_size)
+    capacity = _sparse_capacity(sparse, t_T, B, a, w_T, w_E)
+    if capacity is None:
+        return map_blocks(solve, t_T, t_E, B, a, w_T, w_E, block_size=block_size)
+    return project_sparse(solve, cost, capacity, t_T, t_E, B, a, w_T, w_E,
+                          block_size=block_size)
+
+
+# ``sparse="auto"``: inputs of at least this many regions use a gathered buffer of
+# 1 / _SPARSE_SHARE of them. In steady state a few per cent of regions bind (4 % in
+# ``steady`` and ``crisis``); docs/scaling.md section 4 measures the trade.
+_SPARSE_MIN = 1 << 10
+_SPARSE_SHARE = 8
+# How the sparse path finds the binding regions: "scan" (below) or "nonzero"
+# (``jnp.nonzero(size=...)``, the same indices; benchmarks/step/changes.py compares them).
+_INDEX_SEARCH = "scan"
+
+
+def _first_indices(mask, size):
+    """The indices of the first ``size`` true entries of a 1-D ``mask``, in order, padded
+    with ``len(mask)``: ``jnp.nonzero(mask, size=size, fill_value=len(mask))``, computed
+    by a log-depth prefix sum and one scatter (XLA's CPU ``cumsum``, which ``nonzero``
+    uses, took 2 to 4 times as long here)."""
+    n = mask.shape[0]
+    if _INDEX_SEARCH == "nonzero":
+        return jnp.nonzero(mask, size=size, fill_value=n)[0]
+    rank = jax.lax.associative_scan(jnp.add, mask.astype(jnp.int32)) - 1
+    slot = jnp.where(mask, rank, size)  # ranks are distinct; ``size`` and beyond drop
+    out = jnp.full((size,), n, jnp.int32)
+    return out.at[slot].set(jnp.arange(n, dtype=jnp.int32), mode="drop")
+
+
+def _sparse_capacity(sparse, t_T, B, a, w_T, w_E):
+    """The buffer size of the sparse path, or ``None`` for the dense one."""
+    if sparse is None:
+        return None
+    if t_T.ndim != 1 or any(jnp.size(v) != 1 for v in (B, a, w_T, w_E)):
+        return None
+    n = t_T.shape[0]
+    if sparse == "auto":
+        return max(n // _SPARSE_SHARE, 1) if n >= _SPARSE_MIN else None
+    if isinstance(sparse, bool) or not isinstance(sparse, int | np.integer) or sparse < 1:
+        raise ValueError(f"sparse must be 'auto', None or a positive int, got {sparse!r}")
+    return min(int(sparse), n)
+
+
+def project_sparse(solve, cost, capacity, t_T, t_E, B, a, w_T, w_E, *, block_size="auto"):
+    """``solve`` (the dense per-region projection, returning an :class:`Allocation`) on
+    only the regions whose target is infeasible.
+
+    The infeasible regions (at most ``capacity``; the first ``capacity`` of them, as
+    ``jnp.nonzero(size=capacity)`` would find them) are
+    gathered into a fixed-size buffer, projected there and scattered back; a feasible
+    target is its own projection (price 0, spent its cost). When more than ``capacity``
+    regions bind, a ``lax.cond`` runs the dense projection instead. A region's result is
+    the same arithmetic on the same inputs either way, so it does not depend on the path,
+    the capacity, or which other regions share its batch or device (tested bit for bit in
+    ``tests/test_budget_sparse.py``). Under ``vmap`` (where the cond would become a
+    select running both paths) the dense path runs alone; tangents are the dense path's.
+
+    ``t_T``, ``t_E``: ``[N]``, sanitised; ``B``, ``a``, ``w_T``, ``w_E``: scalars.
+    """
+
+    def dense(t_T, t_E, B, a, w_T, w_E):
+        return map_blocks(solve, t_T, t_E, B, a, w_T, w_E, block_size=block_size)
+
+    def sparse(t_T, t_E, B, a, w_T, w_E):
+        bind = ~(cost.cost(t_T, a) + cost.cost(t_E, a) <= B)
+
+        def few(t_T, t_E, B, a, w_T, w_E):
+            idx = _first_indices(bind, capacity)
+            part = map_blocks(solve, t_T.at[idx].get(mode="fill", fill_value=0),
+                              t_E.at[idx].get(mode="fill", fill_value=0), B, a, w_T, w_E,
+                              block_size=block_size)
+            full = Allocation(t_T, t_E, cost.cost(t_T, a) + cost.cost(t_E, a),
+                              jnp.zeros_like(t_T))
+            return jax.tree.map(lambda f, p: f.at[idx].set(p, mode="drop"), full, part)
+
+        over = jnp.sum(bind, dtype=jnp.int32) > capacity
+        return jax.lax.cond(over, dense, few, t_T, t_E, B, a, w_T, w_E)
+
+    # Under ``vmap`` (a grid over params) the cond's predicate is batched and would become
+    # a select running both paths, so a batched call runs the dense path alone. Gradients
+    # differentiate the dense path (custom_vmap has no reverse mode of its own); its
+    # primal values are the sparse path's, which are the same.
+    @jax.custom_batching.custom_vmap
+    def forward(*args):
+        return sparse(*args)
+
+    @forward.def_vmap
+    def _forward_batched(axis_size, in_batched, *args):
+        axes = [0 if b else None for b in in_batched]
+        out = jax.vmap(dense, in_axes=axes, axis_size=axis_size)(*args)
+        return out, jax.tree.map(lambda _: True, out)
+
+    @jax.custom_jvp
+    def project(*args):
+        return forward(*args)
+
+    @project.defjvp
+    def _project_jvp(primals, tangents):
+        return forward(*primals), jax.jvp(dense, primals, tangents)[1]
+
+    return project(t_T, t_E, B, a, w_T, w_E)
 
 
 def map_blocks(fn, *args, block_size="auto"):
@@ -242,22 +354,25 @@ def map_blocks(fn, *args, block_size="auto"):
     (a division or square root) with several consumers is materialised, so a large input
     makes ~30 passes over main memory. Processing ``block_size`` elements at a time keeps
     those intermediates in cache (about 1.7x faster at N = 1e6 on the 2-core CPU; see
-    ``benchmarks/projection.py``). Inputs with at most ``2 * block_size`` elements, or
-    ``block_size=None``, run unblocked. Under ``jit`` with regions sharded across
-    devices, call this inside ``shard_map`` (it scans over the leading block axis) or pass
-    ``block_size=None``.
+    ``benchmarks/projection.py``). Inside a closed-loop scan the blocks' stacking and
+    slicing cost more than they save below a few 1e5 elements (docs/scaling.md, section
+    4), so ``"auto"`` blocks only inputs of more than ``2**18`` elements. Inputs with at
+    most ``2 * block_size`` elements, or ``block_size=None``, run unblocked. Under ``jit``
+    with regions sharded across devices, call this inside ``shard_map`` (it scans over the
+    leading block axis) or pass ``block_size=None``.
 
     **Arguments:**
 
     - ``fn``: elementwise function of the ``args`` returning a pytree of arrays with the
       broadcast shape.
     - ``args``: arrays, broadcastable to one shape (scalars are passed through whole).
-    - ``block_size``: elements per block, ``"auto"`` (32768) or ``None`` (no blocking).
+    - ``block_size``: elements per block, ``"auto"`` (32768 above ``2**18`` elements,
+      else unblocked) or ``None`` (no blocking).
     """
-    if block_size == "auto":
-        block_size = _BLOCK
     shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in args))
     n = int(np.prod(shape, dtype=np.int64))
+    if block_size == "auto":
+        block_size = _BLOCK if n > _UNBLOCKED_MAX else None
     if block_size is None or n <= 2 * block_size:
         return fn(*args)
     nb = -(-n // block_size)
@@ -281,6 +396,7 @@ def map_blocks(fn, *args, block_size="auto"):
 
 
 _BLOCK = 32768
+_UNBLOCKED_MAX = 1 << 18
 
 
 # ---------------------------------------------------------------------------------------

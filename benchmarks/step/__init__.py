@@ -28,6 +28,10 @@ Rows:
 * ``prng``: the simulator's counter-based hash against ``jax.random`` (threefry, rbg,
   unsafe_rbg) drawing as many numbers per region and window (4 normals, 10 uniforms).
 * ``variants``: the chunk in child processes with XLA flags or budget blocking changed.
+* ``changes`` (``benchmarks/step/changes.py``): what the budget stage's changes of issue 19
+  bought (dense as before, the new blocking rule, the sparse projection), compiled in one
+  process and timed in interleaved rounds at ``--variant-sizes``, with a bitwise check;
+  and their cost under ``vmap`` over params (the phase grid).
 * ``floor``: at ``--profile-n``, the elementwise operations of one window per region, as
   written (the jaxpr) and as compiled (XLA's loop body, ops it duplicated into several
   fusions counted each time), timed in the same rounds as the best elementwise rate of one
@@ -35,9 +39,9 @@ Rows:
   time a window would take with perfect fusion, and its memory floor.
 
 Each section is a module of this package: ``throughput`` (``jax``, ``jax_sharded``,
-``numpy``, ``python_loop``), ``profiling``, ``prng``, ``floor`` and ``variants``; this
-module runs them in that order (``--skip`` takes ``numpy``, ``loop``, ``profile``, ``prng``,
-``floor``, ``variants``) and writes the JSON.
+``numpy``, ``python_loop``), ``profiling``, ``prng``, ``floor``, ``variants`` and
+``changes``; this module runs them in that order (``--skip`` takes ``numpy``, ``loop``,
+``profile``, ``prng``, ``floor``, ``variants``, ``changes``) and writes the JSON.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import jax
 
 from benchmarks import _common
 from benchmarks.step._harness import SCENARIO
+from benchmarks.step.changes import bench_changes, bench_vmap
 from benchmarks.step.floor import arithmetic_floor
 from benchmarks.step.prng import bench_prng
 from benchmarks.step.profiling import profile_stages, profile_trace
@@ -75,6 +80,7 @@ def main(argv=None):
     p.add_argument("--profile-n", type=float, default=1e5)
     p.add_argument("--variant-sizes", default="1e5,1e6")
     p.add_argument("--skip", default="", help="comma list of sections to skip")
+    p.add_argument("--vmap-k", type=int, default=4, help="params in the vmap row of changes")
     p.add_argument("--child", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--patch", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -108,6 +114,13 @@ def main(argv=None):
     if "variants" not in skip:
         vs = [int(float(x)) for x in args.variant_sizes.split(",")]
         result["variants"] = bench_variants(vs, args.steps, args.repeats)
+
+    if "changes" not in skip:
+        vs = [int(float(x)) for x in args.variant_sizes.split(",")]
+        result["changes"] = {
+            "rows": bench_changes(vs, args.steps, max(args.repeats, 5)),
+            "vmap": bench_vmap(vs[0], args.steps, args.vmap_k, max(args.repeats, 5)),
+        }
 
     jax_at = {r["n"]: r for r in result["jax"]}
     sharded_at = {r["n"]: r for r in result.get("jax_sharded", [])}

@@ -205,10 +205,12 @@ def profile_stages(n, repeats):
     parts = {
         "controller step (state and decision record)":
             (jax.jit(lambda s, t: narset_step(params, s, t)), (carry.ctl, carry.telemetry)),
-        "budget projection alone (blocked)":
+        "budget projection alone (default: sparse)":
             (jax.jit(lambda a, b: project_budget(a, b)), (a, b)),
-        "budget projection alone (unblocked)":
-            (jax.jit(lambda a, b: project_budget(a, b, block_size=None)), (a, b)),
+        "budget projection alone (dense, blocked)":
+            (jax.jit(lambda a, b: project_budget(a, b, block_size=32768, sparse=None)), (a, b)),
+        "budget projection alone (dense, unblocked)":
+            (jax.jit(lambda a, b: project_budget(a, b, block_size=None, sparse=None)), (a, b)),
         "simulator transition":
             (jax.jit(lambda s, d, t: sims.sim_transition(sc, s, d, t)), (carry.sim, d, carry.t)),
         "simulator prng (9 hashes, 4 normals, 10 uniforms)": (jax.jit(hash_draws), (carry.sim,)),

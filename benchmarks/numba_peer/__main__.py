@@ -1,0 +1,3 @@
+from benchmarks.numba_peer.bench import main
+
+main()
