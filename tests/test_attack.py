@@ -3,8 +3,11 @@ default; the attacked ecology spends within its budget; a learned attacker beats
 spoofers; hardened params concede less to a fresh best response than the defaults.
 
 One shape for every rollout (16 regions, 24 windows), one module fixture for the trained
-attackers, so each program compiles once."""
+attackers, so each program compiles once; the CLI test runs after it with the same shapes
+(population and seeds included), so it compiles only the hardening's honest program. Nearly
+all of this file's time is compilation (the attacker's gradient alone is about half)."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +24,7 @@ from sims.attack import (
     Attacker,
     AttackSetup,
     best_response,
+    eval_attack,
     eval_keys,
     eval_stylised,
     harden,
@@ -141,9 +145,21 @@ def trained():
     d = NarsetParams()
     naive = eval_stylised(d, sc, keys, CFG)["capture"]
     br = best_response(d, setup, CFG, seed=1, keys=keys)
+    # Sanity baselines on the same seeds, through the same compiled program: the learned
+    # attacker with no budget (it can fake nothing), and the untrained start attacker.
+    broke = eqx.tree_at(lambda s: s.attacker, setup, br.attacker)
+    broke = eqx.tree_at(lambda s: s.budget, broke, jnp.asarray(0.0, jnp.float32))
+    no_budget = eval_attack(d, broke, keys, CFG)["capture"]
+    start = eval_attack(d, setup, keys, CFG)["capture"]
     hard = harden(d, setup, (), CFG, rounds=1, generations=3, population=4, seed=2)
     fresh = best_response(hard.params, setup, CFG, seed=1, keys=keys)
-    return {"naive": naive, "br": br, "hard": hard, "fresh": fresh}
+    return {"naive": naive, "br": br, "hard": hard, "fresh": fresh, "no_budget": no_budget,
+            "start": start}
+
+
+def _beats(a, b, margin=0.01):
+    """``a`` beats ``b``: higher on every seed (paired) and by ``margin`` on average."""
+    return bool(np.all(a > b) and a.mean() > b.mean() + margin)
 
 
 def test_learned_attacker_beats_the_naive_spoofers_against_the_defaults(trained):
@@ -151,9 +167,16 @@ def test_learned_attacker_beats_the_naive_spoofers_against_the_defaults(trained)
     assert len(br.grad_gains) == CFG.grad_iters and len(br.es_gains) == CFG.es_generations
     assert np.all(np.isfinite(br.grad_gains))
     # Paired over the same held-out seeds (the same regions): the learned attacker's
-    # capture exceeds the naive spoofers' on every seed.
-    assert np.all(br.capture > naive), (br.capture, naive)
-    assert br.capture.mean() > naive.mean() + 0.01
+    # capture exceeds the naive spoofers' on every seed, and by 0.01 on average.
+    assert _beats(br.capture, naive), (br.capture, naive)
+    # The check can fail: the same attacker without a budget fakes nothing and does not
+    # beat the naive spoofers (its capture is the spoofers' honest share, about 0).
+    assert not _beats(trained["no_budget"], naive), (trained["no_budget"], naive)
+    assert abs(trained["no_budget"].mean()) < 0.02, trained["no_budget"]
+    # Training pays: the trained attacker (not the start) is picked, and it takes more than
+    # the untrained start attacker on the held-out seeds.
+    assert br.source != "start", br.candidates
+    assert br.capture.mean() > trained["start"].mean(), (br.capture, trained["start"])
 
 
 def test_hardened_params_concede_less_to_a_fresh_best_response(trained):
@@ -162,7 +185,8 @@ def test_hardened_params_concede_less_to_a_fresh_best_response(trained):
     assert float(p.corroborate) > 0  # the search moved the hardening fields
     assert p.budget == "region" and p.hysteresis == "hard"
     # The same training recipe and seeds against the defaults and the hardened params.
-    assert trained["fresh"].capture.mean() < trained["br"].capture.mean(), (
+    # Paired over the same held-out seeds: lower on every seed and by 0.01 on average.
+    assert _beats(trained["br"].capture, trained["fresh"].capture), (
         trained["fresh"].capture, trained["br"].capture)
     np.testing.assert_array_equal(hard.rounds[0]["params"]["corroborate"],
                                   float(p.corroborate))
@@ -176,9 +200,13 @@ def test_cli_attack_writes_the_report_hardened_params_and_figure(trained, tmp_pa
     from narset_jax.cli import main
 
     out = tmp_path / "out"
+    # An honest scenario from a file: the steady mesh on the global pool, the spoofing
+    # scenario's budget mode, so its hard evaluation reuses the naive spoofers' program.
+    honest = tmp_path / "steady_global.toml"
+    honest.write_text('base = "steady"\nname = "steady_global"\nbudget = "global"\n')
     argv = ["attack", "--regions", "16", "--steps", "24", "--rounds", "1", "--grad-iters", "1",
             "--es-generations", "1", "--harden-generations", "1", "--curve-generations", "1",
-            "--population", "4", "--batch", "2", "--eval-seeds", "6", "--honest", "steady",
+            "--population", "4", "--batch", "2", "--eval-seeds", "6", "--honest", str(honest),
             "--budgets", "0.7", "--out", str(out), "--json", str(tmp_path / "s.json")]
     assert main(argv) == 0
     report = json.loads((tmp_path / "s.json").read_text())
@@ -187,7 +215,8 @@ def test_cli_attack_writes_the_report_hardened_params_and_figure(trained, tmp_pa
         assert np.isfinite(report[key])
     assert set(report["sets"]) >= {"defaults", "hardened", "hardened:signals", "hardened:gains"}
     assert len(report["sets"]["defaults"]["curve"]["learned"]) == 1
-    assert set(report["honest_cost"]["steady"]) == {"progress", "objective"}
+    assert set(report["honest_cost"]["steady_global"]) == {"progress", "objective"}
+    assert report["settings"]["population"] == 4  # both sides' SNES (the fixture's shapes)
     hardened = NarsetParams.from_toml(out / "hardened.toml")
     assert report["hardened_params"]["corroborate"] == pytest.approx(float(hardened.corroborate))
     assert (out / "capture_vs_budget.png").stat().st_size > 0

@@ -103,7 +103,8 @@ def run_attack(
 
     - ``scenario``: a stylised scenario with spoofers (``spoofer_fraction > 0``).
     - ``params``: the params attacked (default: the defaults); ``label`` names them.
-    - ``cfg``: rollout size and the best response's settings.
+    - ``cfg``: rollout size and the best response's settings; ``cfg.population`` is also
+      the population of Narset's SNES in the hardening.
     - ``attack_budget``: units per spoofer per window (default: what the naive spoofers
       spend, [`sims.attack.naive_budget`][]).
     - ``budgets``: the curves' budgets (default ``0.5, 1, 2`` times ``attack_budget``).
@@ -138,7 +139,8 @@ def run_attack(
 
     say(f"hardening {label} params: {rounds} round(s)")
     hard = harden(params, setup, honest_sc, cfg, rounds=rounds,
-                  generations=harden_generations, seed=seed, log=say)
+                  generations=harden_generations, population=cfg.population, seed=seed,
+                  log=say)
     sets["hardened"] = hard.params
     if ablation:
         # Which part of the hardening does the work: the signal processing (the hardening
