@@ -19,17 +19,9 @@ from sims import numpy_twin as ref
 if not numba_peer.available():
     pytest.skip("numba is not installed (pip install -e .[bench])", allow_module_level=True)
 
-N, T = 48, 12
-KEY = jax.random.key(11)
-SCENARIO = dict(
-    base="crisis",
-    spoofer_fraction=0.2,
-    dropout_rate=0.1,
-    dropout_persist=0.3,
-    nan_rate=0.1,
-    nan_persist=0.2,
-    shock_corr=0.5,
-)
+# The NumPy oracle's sizes and scenario (every kind of event, often).
+from test_numpy_oracle import KEY, SCENARIO, N, T  # noqa: E402
+
 TOL = dict(rtol=1e-9, atol=1e-9)
 
 
