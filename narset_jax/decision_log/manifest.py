@@ -77,8 +77,11 @@ def make_digest(manifest: Mapping[str, Any], key: bytes | None = None) -> dict[s
     }
 
 
-def check_digest(manifest: Mapping[str, Any], where: str, key: bytes | None = None) -> str:
-    """Check the manifest's own digest (first, before anything else is trusted).
+def check_digest(manifest: Mapping[str, Any], where: str, key: bytes | None = None, *,
+                 what: str = "manifest") -> str:
+    """Check the manifest's own digest (first, before anything else is trusted). Any
+    document carrying a digest made by [`make_digest`][] is checked the same way
+    (``what`` names it in the messages, e.g. ``"file"`` for the ground truth).
 
     **Returns:** what was verified, e.g. ``"sha256"``, ``"hmac-sha256 (key 1a2b...)"`` or
     ``"no digest (format 1)"``.
@@ -96,7 +99,7 @@ def check_digest(manifest: Mapping[str, Any], where: str, key: bytes | None = No
                     f"{where}: not signed (format 1 has no digest), but --sign-key was given"
                 )
             return "no digest (format 1)"
-        raise LogVerificationError(f"{where}: the manifest has no digest (format {version})")
+        raise LogVerificationError(f"{where}: the {what} has no digest (format {version})")
     if not isinstance(digest, dict) or not isinstance(digest.get("algorithm"), str):
         raise LogVerificationError(f"{where}: digest: malformed ({_show(digest)})")
     algorithm = digest["algorithm"]
@@ -104,12 +107,12 @@ def check_digest(manifest: Mapping[str, Any], where: str, key: bytes | None = No
         if key is not None:
             raise LogVerificationError(
                 f"{where}: not signed (plain sha256 digest), but --sign-key was given: "
-                "the manifest may have been rewritten without the key"
+                f"the {what} may have been rewritten without the key"
             )
         want = make_digest(manifest)[SHA256]
         if not hmac.compare_digest(str(digest.get(SHA256)), want):
             raise LogVerificationError(
-                f"{where}: digest mismatch: the manifest was changed after it was written"
+                f"{where}: digest mismatch: the {what} was changed after it was written"
             )
         return SHA256
     if algorithm == HMAC_SHA256:
@@ -125,7 +128,7 @@ def check_digest(manifest: Mapping[str, Any], where: str, key: bytes | None = No
         want = make_digest(manifest, key)["hmac_sha256"]
         if not hmac.compare_digest(str(digest.get("hmac_sha256")), want):
             raise LogVerificationError(
-                f"{where}: HMAC mismatch: the manifest was changed after it was signed"
+                f"{where}: HMAC mismatch: the {what} was changed after it was signed"
             )
         return f"{HMAC_SHA256} (key id {kid})"
     raise LogVerificationError(f"{where}: digest: unknown algorithm {algorithm!r}")

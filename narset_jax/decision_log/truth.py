@@ -18,7 +18,6 @@ decide``, older runs) simply has no such file.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import os
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import numpy as np
 from narset_jax.atomic import atomic_path
 from narset_jax.decision_log.errors import LogVerificationError
 from narset_jax.decision_log.layout import TRUTH
-from narset_jax.decision_log.manifest import DIGEST, HMAC_SHA256, SHA256, key_id, make_digest
+from narset_jax.decision_log.manifest import DIGEST, check_digest, make_digest
 
 __all__ = ["TRUTH_FORMAT", "GroundTruth", "read_truth", "write_truth"]
 
@@ -100,26 +99,10 @@ def write_truth(
 
 
 def _check_digest(meta: dict[str, Any], where: str, key: bytes | None) -> None:
-    digest = meta.get(DIGEST)
-    if not isinstance(digest, dict):
+    # The truth file always carries a digest (its format 1 is not the manifest's).
+    if not isinstance(meta.get(DIGEST), dict):
         raise LogVerificationError(f"{where}: no digest")
-    algorithm = digest.get("algorithm")
-    if algorithm == SHA256:
-        if key is not None:
-            raise LogVerificationError(f"{where}: not signed, but a key was given")
-        ok = hmac.compare_digest(str(digest.get(SHA256)), make_digest(meta)[SHA256])
-    elif algorithm == HMAC_SHA256:
-        if key is None:
-            raise LogVerificationError(f"{where}: signed; pass the log's --sign-key")
-        if digest.get("key_id") != key_id(key):
-            raise LogVerificationError(f"{where}: signed with another key")
-        ok = hmac.compare_digest(str(digest.get("hmac_sha256")),
-                                 make_digest(meta, key)["hmac_sha256"])
-    else:
-        raise LogVerificationError(f"{where}: digest: unknown algorithm {algorithm!r}")
-    if not ok:
-        raise LogVerificationError(f"{where}: digest mismatch: the file was changed after "
-                                   "it was written")
+    check_digest(meta, where, key, what="file")
 
 
 def read_truth(log, key: bytes | None = None) -> GroundTruth | None:
